@@ -35,7 +35,8 @@ def tcd_timesteps(
     strength: float = 1.0,
     num_train_timesteps: int = 1000,
 ) -> list[int]:
-    """Descending TCD timesteps, equal to ``TCDScheduler(original_inference_steps=N).set_timesteps(steps, strength=strength)``.
+    """Descending TCD timesteps, as diffusers' ``TCDScheduler(original_inference_steps=N)``
+    gives them from ``set_timesteps(steps, strength=strength)``.
 
     Raises ``ValueError`` where the reference refuses: ``steps`` < 1 or above
     ``original_inference_steps``, or a grid cut by ``strength`` too small for ``steps``.
@@ -83,6 +84,7 @@ def tcd_custom_timesteps(
     keep = min(int(len(values) * strength), len(values))
     if keep < 1:
         raise ValueError(
-            f"strength={strength} keeps none of the {len(values)} timesteps: raise strength to at least {1 / len(values):.3g}"
+            f"strength={strength} keeps none of the {len(values)} timesteps: "
+            f"raise strength to at least {1 / len(values):.3g}"
         )
     return values[len(values) - keep :]
