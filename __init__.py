@@ -1,7 +1,15 @@
-"""TCD sampling for ComfyUI: Trajectory Consistency Distillation's sampler, scheduler and LoRA loader."""
+"""TCD sampling for ComfyUI: Trajectory Consistency Distillation's sampler, scheduler and LoRA loader.
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
-WEB_DIRECTORY = None
+Loaded by ComfyUI as a V3 extension through ``comfy_entrypoint``.
+"""
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+from .nodes import TCDExtension, register_tcd_in_ksampler
+
+
+async def comfy_entrypoint() -> TCDExtension:
+    # ComfyUI 0.3.x never calls ComfyExtension.on_load, so register here (it is idempotent).
+    register_tcd_in_ksampler()
+    return TCDExtension()
+
+
+__all__ = ["comfy_entrypoint"]
