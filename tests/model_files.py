@@ -1,0 +1,58 @@
+"""Random-weight test models (see dev/build_test_models.py), built once and cached.
+
+    paths = ensure_test_models()            # into .dev/models (or $TCD_TEST_MODELS_DIR)
+    paths["checkpoint_sd15"].name           # "tcd-test-sd15.safetensors", as ComfyUI lists it
+
+Keys: checkpoint_sd15, lora_sd15, lora_style_sd15, lora_sdxl, not_a_lora, corrupt_lora,
+controlnet_sd15. The folder holds checkpoints/, loras/ and controlnet/, the layout that
+ComfyServer(models_dir=...) maps into ComfyUI.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from comfy_host import REPO_ROOT, comfyui_path
+
+BUILDER = REPO_ROOT / "dev" / "build_test_models.py"
+
+
+def default_models_dir() -> Path:
+    return Path(os.environ.get("TCD_TEST_MODELS_DIR") or REPO_ROOT / ".dev" / "models")
+
+
+def _builder():
+    """dev/build_test_models.py as a module; it imports neither torch nor ComfyUI at import time."""
+    spec = importlib.util.spec_from_file_location("tcd_build_test_models", BUILDER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def ensure_test_models(out_dir: Path | str | None = None, timeout: float = 900.0) -> dict[str, Path]:
+    """Builds whatever test model is missing or outdated in out_dir; returns {key: file path}."""
+    out_dir = Path(out_dir) if out_dir is not None else default_models_dir()
+    out_dir = out_dir.resolve()
+    builder = _builder()
+    if builder.stale_artifacts(out_dir):
+        env = dict(os.environ, COMFYUI_PATH=str(comfyui_path()))
+        result = subprocess.run(
+            [sys.executable, str(BUILDER), str(out_dir)],
+            env=env,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if result.returncode != 0:
+            output = f"{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
+            raise RuntimeError(f"building test models failed (exit {result.returncode}):\n{output}")
+        print(result.stdout, file=sys.stderr)  # the builder's timings, shown by pytest -s or on failure
+        stale = builder.stale_artifacts(out_dir)
+        if stale:
+            raise RuntimeError(f"the model builder left these test models missing: {stale}\n{result.stdout}")
+    return builder.artifact_paths(out_dir)
