@@ -1,0 +1,66 @@
+"""ComfyUI loaded into the test process, with this pack registered as a custom node pack.
+
+For tests that need tensors rather than images: the real ModelPatcher, samplers and nodes,
+called directly. ComfyUI's own folder goes first on sys.path so its top-level modules
+(``nodes``, ``utils``, ...) win over any same-named folder of this repository.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from comfy_host import MODEL_FOLDERS, PACK_DIR_NAME, REPO_ROOT, comfyui_path
+
+PACK_NODE_IDS = ("TrajectoryConsistencySampler", "TrajectoryConsistencyScheduler", "TrajectoryConsistencyLoraLoader")
+
+
+@dataclass
+class Comfy:
+    nodes: ModuleType  # ComfyUI's nodes.py
+    node_classes: dict[str, Any]  # NODE_CLASS_MAPPINGS after custom nodes loaded
+    pack_nodes: ModuleType  # this pack's `nodes` package, as ComfyUI imported it
+
+    def node(self, node_id: str) -> Any:
+        return self.node_classes[node_id]
+
+
+def load_comfy(models_dir: Path) -> Comfy:
+    """Import ComfyUI on the CPU, map its model folders to ``models_dir`` and load this pack."""
+    comfy_root = str(comfyui_path())
+    if comfy_root in sys.path:
+        sys.path.remove(comfy_root)
+    sys.path.insert(0, comfy_root)
+    from comfy.cli_args import args  # must precede comfy.model_management
+
+    args.cpu = True
+    import folder_paths
+
+    custom_nodes = Path(tempfile.mkdtemp(prefix="tcd-custom-nodes-"))
+    (custom_nodes / PACK_DIR_NAME).symlink_to(REPO_ROOT, target_is_directory=True)
+    folder_paths.add_model_folder_path("custom_nodes", str(custom_nodes), is_default=True)
+    for name in MODEL_FOLDERS:
+        folder_paths.add_model_folder_path(name, str(models_dir / name), is_default=True)
+
+    import nodes
+
+    failed = asyncio.run(nodes.init_extra_nodes(init_api_nodes=False))
+    missing = [node_id for node_id in PACK_NODE_IDS if node_id not in nodes.NODE_CLASS_MAPPINGS]
+    if missing:
+        raise RuntimeError(f"the pack did not register {missing}; failed imports: {failed}")
+    sampler_module = sys.modules[nodes.NODE_CLASS_MAPPINGS[PACK_NODE_IDS[0]].__module__]
+    pack_nodes = sys.modules[sampler_module.__name__.rsplit(".", 1)[0]]
+    return Comfy(nodes, nodes.NODE_CLASS_MAPPINGS, pack_nodes)
+
+
+def run_node(node_class: Any, **inputs: Any) -> tuple:
+    """Execute a V1 or V3 node class the way ComfyUI does, returning its outputs tuple."""
+    if hasattr(node_class, "define_schema"):  # V3
+        return tuple(node_class.execute(**inputs).args)
+    instance = node_class()
+    return getattr(instance, node_class.FUNCTION)(**inputs)
