@@ -6,23 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from comfy_host import REPO_ROOT, ComfyServer
+from comfy_host import ComfyServer
 from model_files import default_models_dir, ensure_test_models
-
-
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Keep pytest from importing the repository root as a test package.
-
-    The repository root is the pack itself: its __init__.py makes pytest collect the root as a
-    `Package`, whose setup imports that __init__.py to look for setup_module. The pack's
-    __init__ imports comfy_api, which exists only inside ComfyUI, so every test would error.
-    The pack holds no setup_module: skip that import. Tests that need the pack load it the
-    way ComfyUI does (comfy_host.ComfyServer, or in-process through ComfyUI's loader).
-    """
-    for item in items:
-        for node in item.listchain():
-            if isinstance(node, pytest.Package) and Path(node.path).resolve() == REPO_ROOT:
-                node.setup = lambda: None  # type: ignore[method-assign]
 
 
 @pytest.fixture(scope="session")
