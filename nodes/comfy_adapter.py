@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Any
 
 import comfy.model_sampling
@@ -21,25 +22,35 @@ DEFAULT_ORIGINAL_STEPS = 50
 
 def _on_device_of(model_sampling: torch.nn.Module, fn: Any) -> Any:
     """Call a model_sampling map with tensors on its buffers' device; results come back to the CPU."""
-    device = next(model_sampling.buffers(), torch.empty(0)).device
 
     def mapped(values: Tensor) -> Tensor:
+        device = next(model_sampling.buffers(), values).device  # looked up per call: models move
         return fn(values.to(device)).cpu()
 
     return mapped
 
 
+_FLOW_SPACE = tcd_core.flow_space()
+_DISCRETE_SPACES: weakref.WeakKeyDictionary[Any, tcd_core.NoiseSpace] = weakref.WeakKeyDictionary()
+
+
 def noise_space_for(model_sampling: Any) -> tcd_core.NoiseSpace:
-    """The tcd_core space of a ComfyUI model: discrete VP (eps, v, zero-terminal-SNR) or flow."""
+    """The tcd_core space of a ComfyUI model: discrete VP (eps, v, zero-terminal-SNR) or flow.
+
+    One space per model_sampling object, so tcd_core's plan cache hits on repeated runs.
+    """
     if isinstance(model_sampling, comfy.model_sampling.CONST):
-        return tcd_core.flow_space()
+        return _FLOW_SPACE
     if isinstance(model_sampling, comfy.model_sampling.ModelSamplingDiscrete):
-        return tcd_core.NoiseSpace(
-            tcd_core.LatentForm.VE,
-            timestep=_on_device_of(model_sampling, model_sampling.timestep),
-            sigma=_on_device_of(model_sampling, model_sampling.sigma),
-            discrete=True,
-        )
+        space = _DISCRETE_SPACES.get(model_sampling)
+        if space is None:
+            space = _DISCRETE_SPACES[model_sampling] = tcd_core.NoiseSpace(
+                tcd_core.LatentForm.VE,
+                timestep=_on_device_of(model_sampling, model_sampling.timestep),
+                sigma=_on_device_of(model_sampling, model_sampling.sigma),
+                discrete=True,
+            )
+        return space
     raise ValueError(
         f"TCD works with discrete-timestep models (SD1.5, SD2.x, SDXL; eps, v-prediction, zero-terminal-SNR) "
         f"and flow models (SD3, Flux); this model samples with {type(model_sampling).__name__}"

@@ -51,7 +51,8 @@ def sample_tcd(
     if noise_sampler is None:
         noise_sampler = lambda sigma, sigma_next: torch.randn_like(x)  # noqa: E731
     s_in = x.new_ones([x.shape[0]])
-    sigma_u = sigmas.new_tensor([step.sigma_u or 0.0 for step in plan])
+    if order == 2:
+        sigma_u = sigmas.new_tensor([step.sigma_u or 0.0 for step in plan])
 
     for i in trange(len(plan), disable=disable):
         step = plan[i]

@@ -6,13 +6,15 @@ For step ``i`` (sigma_i -> sigma_next), with denoised estimate ``d`` (tcd-math.m
     x_s     = alpha_s * d + sigma_s * (x - alpha_i * d) / sigma_i              # TCF(1), Eq. 9
     x_next  = (alpha_next / alpha_s) * x_s + noise_scale * z                    # SSS, Eq. 12
 
-so every step is ``x_next = c_x * x + c_d * d + noise_scale * z`` with scalars found here.
-Planning reads the sigmas actually passed (never a schedule computed elsewhere) and
-touches the device once, so the sampling loop itself never synchronises.
+In both forms the move to s is ``lerp(d, x, sigma_s / sigma_i)``, so every step is
+``x_next = scale * lerp(d, x, weight) + noise_scale * z`` with scalars found here.
+Planning reads the sigmas actually passed (never a schedule computed elsewhere), touches the
+device once, and is cached, so the sampling loop itself never synchronises.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -26,14 +28,15 @@ __all__ = ["TCDStep", "plan_steps", "validate_sigmas"]
 
 
 @dataclass(frozen=True)
-class Affine:
-    """``c_x * x + c_d * d``: a move along the trajectory from ``x`` given its denoised estimate."""
+class Move:
+    """``scale * lerp(d, x, weight)``: a move along the trajectory from ``x`` given its denoised estimate."""
 
-    c_x: float
-    c_d: float
+    weight: float
+    scale: float = 1.0
 
     def apply(self, x: Tensor, denoised: Tensor) -> Tensor:
-        return torch.add(x * self.c_x, denoised, alpha=self.c_d)
+        out = torch.lerp(denoised, x, self.weight)
+        return out if self.scale == 1.0 else out.mul_(self.scale)
 
 
 @dataclass(frozen=True)
@@ -42,10 +45,10 @@ class TCDStep:
     sigma_next: float
     sigma_s: float
     gamma: float
-    update: Affine  # x -> x_next without the noise term (denoise to s, scale back to sigma_next)
+    update: Move  # x -> x_next without the noise term (denoise to s, scale back to sigma_next)
     noise_scale: float | None  # None: no noise is drawn on this step
     sigma_u: float | None = None  # order 2: the extra model call's sigma
-    to_u: Affine | None = None  # order 2: x -> x_u
+    to_u: Move | None = None  # order 2: x -> x_u
 
     @property
     def is_final(self) -> bool:
@@ -95,10 +98,13 @@ def _denoise_targets(sig: list[float], gammas: list[float], space: NoiseSpace) -
     return targets
 
 
-def _move(form: LatentForm, sigma: float, target: float) -> Affine:
-    """First-order (DDIM / TCF(1)) move from ``sigma`` to ``target``: alpha_t d + sigma_t (x - alpha d) / sigma."""
-    ratio = target / sigma
-    return Affine(ratio, form.alpha(target) - form.alpha(sigma) * ratio)
+def _move(sigma: float, target: float, scale: float = 1.0) -> Move:
+    """First-order (DDIM / TCF(1)) move from ``sigma`` to ``target``.
+
+    ``alpha_t d + sigma_t (x - alpha d) / sigma`` equals ``lerp(d, x, target / sigma)`` for alpha = 1
+    (VE) and for alpha = 1 - sigma (flow) alike.
+    """
+    return Move(target / sigma, scale)
 
 
 def _midpoint(form: LatentForm, sigma: float, sigma_s: float) -> float:
@@ -112,30 +118,34 @@ def _midpoint(form: LatentForm, sigma: float, sigma_s: float) -> float:
     return form.sigma_at_log_snr(0.5 * (lam + lam_s))
 
 
-def plan_steps(sigmas: Tensor, gamma: GammaSchedule, space: NoiseSpace, order: int = 1) -> list[TCDStep]:
+def plan_steps(sigmas: Tensor, gamma: GammaSchedule, space: NoiseSpace, order: int = 1) -> tuple[TCDStep, ...]:
     """Work out every step of an SSS run over ``sigmas``; raises ValueError on bad input."""
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order!r}")
-    sig = validate_sigmas(sigmas)
+    return _plan(tuple(validate_sigmas(sigmas)), gamma, space, order)
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(sig: tuple[float, ...], gamma: GammaSchedule, space: NoiseSpace, order: int) -> tuple[TCDStep, ...]:
     gammas = gamma.per_step(len(sig) - 1)
     form = space.form
     steps = []
-    for i, sigma_s in enumerate(_denoise_targets(sig, gammas, space)):
+    for i, sigma_s in enumerate(_denoise_targets(list(sig), gammas, space)):
         sigma, sigma_next = sig[i], sig[i + 1]
-        update = _move(form, sigma, sigma_s)
+        scale = 1.0
         noise_scale = None
         if sigma_next == 0.0:
             # Last step: the reference returns the VP latent at s (tcd-math.md, "Last step").
             scale = form.reference_scale(sigma_s)
-            update = Affine(update.c_x * scale, update.c_d * scale)
         elif gammas[i] > 0.0:
             # Diffuse back from s to sigma_next (Eq. 12), keeping the marginal at sigma_next exact.
-            back = form.alpha(sigma_next) / form.alpha(sigma_s)
-            update = Affine(update.c_x * back, update.c_d * back)
-            noise_scale = math.sqrt(max(sigma_next**2 - (back * sigma_s) ** 2, 0.0))
+            scale = form.alpha(sigma_next) / form.alpha(sigma_s)
+            noise_scale = math.sqrt(max(sigma_next**2 - (scale * sigma_s) ** 2, 0.0))
         sigma_u = to_u = None
         if order == 2 and sigma_s > 0.0:
             sigma_u = _midpoint(form, sigma, sigma_s)
-            to_u = _move(form, sigma, sigma_u)
-        steps.append(TCDStep(sigma, sigma_next, sigma_s, gammas[i], update, noise_scale, sigma_u, to_u))
-    return steps
+            to_u = _move(sigma, sigma_u)
+        steps.append(
+            TCDStep(sigma, sigma_next, sigma_s, gammas[i], _move(sigma, sigma_s, scale), noise_scale, sigma_u, to_u)
+        )
+    return tuple(steps)
