@@ -100,7 +100,8 @@ def calls_and_memory(pack: Any, steps: int) -> bool:
     ok = True
     for name in runs:
         extra = (peaks[name] - peaks["lcm"]) / latent_bytes
-        line = f"   {name:<24} calls {models[name].calls:3d}   peak {peaks[name] / latent_bytes:4.1f} latents ({extra:+.1f} vs lcm)"
+        peak = peaks[name] / latent_bytes
+        line = f"   {name:<24} calls {models[name].calls:3d}   peak {peak:4.1f} latents ({extra:+.1f} vs lcm)"
         if name.startswith("tcd order 1"):
             passed = models[name].calls == steps and extra <= 1.0
             ok &= passed
@@ -136,8 +137,9 @@ def end_to_end(steps_list: list[int], size: int, repeats: int) -> bool:
         lcm, tcd = median(times["lcm"]), median(times["tcd"])
         passed = tcd / lcm <= max(END_TO_END_TARGET, 1 + spread(times["lcm"]))
         ok &= passed
+        verdict = "meets target" if passed else "MISSES target"
         print(f"   {steps} steps: lcm {lcm:.2f} s (spread {spread(times['lcm']):.1%}), tcd {tcd:.2f} s "
-              f"(spread {spread(times['tcd']):.1%}): {tcd / lcm:.3f}x  {'meets target' if passed else 'MISSES target'}")  # fmt: skip
+              f"(spread {spread(times['tcd']):.1%}): {tcd / lcm:.3f}x  {verdict}")  # fmt: skip
     return ok
 
 
