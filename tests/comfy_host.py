@@ -7,8 +7,9 @@
 The server is `$COMFYUI_PATH/main.py` run with this interpreter on the CPU. Everything it
 writes (user, temp, output and input folders, its database) lives in a private temporary
 folder; the pack is loaded from a temporary custom_nodes folder holding one symlink,
-`comfyui-tcd-sampling` -> this repository, named in an --extra-model-paths-config file
-that also points ComfyUI's model folders at `models_dir`. HTTP uses only the stdlib.
+`comfyui-tcd-sampling` -> this repository (plus one per entry of `extra_packs`, e.g. a
+test-only stand-in pack), named in an --extra-model-paths-config file that also points
+ComfyUI's model folders at `models_dir`. HTTP uses only the stdlib.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import urllib.parse
 import urllib.request
 import uuid
 import weakref
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +106,7 @@ class ComfyServer:
         pack_dir: Path | str = REPO_ROOT,
         work_dir: Path | str | None = None,
         extra_args: list[str] | tuple[str, ...] = (),
+        extra_packs: Mapping[str, Path | str] | None = None,
         startup_timeout: float = 120.0,
         host: str = "127.0.0.1",
     ) -> None:
@@ -111,6 +114,8 @@ class ComfyServer:
         self.models_dir = Path(models_dir).resolve() if models_dir is not None else None
         self.pack_dir = Path(pack_dir).resolve()
         self.extra_args = list(extra_args)
+        # Further node packs loaded beside this one, {name: folder}: custom_nodes/<name> -> folder.
+        self.extra_packs = {name: Path(folder).resolve() for name, folder in (extra_packs or {}).items()}
         self.startup_timeout = startup_timeout
         self.host = host
         self.port: int | None = None
@@ -151,6 +156,10 @@ class ComfyServer:
             folder.mkdir(parents=True, exist_ok=True)
         if not self.pack_link.is_symlink():
             self.pack_link.symlink_to(self.pack_dir, target_is_directory=True)
+        for name, folder in self.extra_packs.items():
+            link = self.custom_nodes_dir / name
+            if not link.is_symlink():
+                link.symlink_to(folder, target_is_directory=True)
         lines = ["tcd_test_host:", f"    custom_nodes: {json.dumps(str(self.custom_nodes_dir))}"]
         if self.models_dir is not None:
             lines += [f"    {name}: {json.dumps(str(self.models_dir / name))}" for name in MODEL_FOLDERS]
