@@ -235,11 +235,6 @@ class _Converter:
             if converted.active:
                 title = node.get("title") or schema.display_name
                 prompt[str(node_id)] = {"inputs": converted.inputs, "class_type": node_type, "_meta": {"title": title}}
-        # Links into muted or bypassed-away nodes do not reach the server.
-        for entry in prompt.values():
-            for name, value in list(entry["inputs"].items()):
-                if isinstance(value, list) and value[0] not in prompt:
-                    del entry["inputs"][name]
         return Conversion(prompt, nodes, self.issues, self.graph)
 
 
