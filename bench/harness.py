@@ -22,8 +22,12 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def import_comfy_and_pack(cpu: bool) -> ModuleType:
-    """Put $COMFYUI_PATH first on sys.path, configure the device, and import this pack as a package."""
+def import_comfy_and_pack(cpu: bool, with_nodes: bool = True) -> ModuleType:
+    """Put $COMFYUI_PATH first on sys.path, configure the device, and import this pack as a package.
+
+    ``with_nodes=False`` imports only the sampling adapter (nodes.comfy_adapter), not the node
+    classes and their comfy_api imports: enough for a bare GPU machine with ComfyUI's sampling path.
+    """
     comfy_root = os.environ.get("COMFYUI_PATH")
     if not comfy_root or not (Path(comfy_root) / "comfy").is_dir():
         raise SystemExit("COMFYUI_PATH must name a ComfyUI source tree (dev/provision.sh sets it)")
@@ -37,7 +41,13 @@ def import_comfy_and_pack(cpu: bool) -> ModuleType:
     pack = importlib.util.module_from_spec(spec)
     sys.modules["tcd_pack"] = pack
     spec.loader.exec_module(pack)
-    importlib.import_module("tcd_pack.nodes")  # what ComfyUI's comfy_entrypoint would import
+    if with_nodes:
+        importlib.import_module("tcd_pack.nodes")  # what ComfyUI's comfy_entrypoint would import
+    else:
+        nodes = ModuleType("tcd_pack.nodes")
+        nodes.__path__ = [str(REPO_ROOT / "nodes")]
+        sys.modules["tcd_pack.nodes"] = pack.nodes = nodes
+    importlib.import_module("tcd_pack.nodes.comfy_adapter")
     return pack
 
 

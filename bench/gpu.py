@@ -1,0 +1,125 @@
+"""GPU benchmark: TCD against ComfyUI's `lcm` and `euler_ancestral` on an SDXL-architecture UNet.
+
+Run on the lent GPU machine through the device tool (see BENCHMARKS.md for the exact call):
+
+    COMFYUI_PATH=<carried ComfyUI source> python bench/gpu.py
+
+Random weights, built in-process with ComfyUI's classes, fp16, 1024x1024 (latent 128x128),
+batch 1, CFG 1, the same TCD sigmas for every sampler; medians of interleaved repeats,
+host-device synchronisations counted with torch.cuda.set_sync_debug_mode, peak memory.
+`--dry-run` runs the same code tiny on the CPU to check the script before spending GPU time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import REPO_ROOT, count_syncs, import_comfy_and_pack, interleaved_medians, median, spread  # noqa: E402
+
+
+def model_builder() -> Any:
+    spec = importlib.util.spec_from_file_location("tcd_build_test_models", REPO_ROOT / "dev" / "build_test_models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def build_patcher(unet_config: dict, device: torch.device, dtype: torch.dtype) -> Any:
+    """A ModelPatcher around a random-weight UNet (seeded; ComfyUI's ops leave weights uninitialised)."""
+    import comfy.model_detection
+    import comfy.model_patcher
+
+    builder = model_builder()
+    model_config = comfy.model_detection.model_config_from_unet_config(dict(unet_config, dtype=dtype))
+    model_config.set_inference_dtype(dtype, None)
+    model = model_config.get_model({}, device=device)
+    model.diffusion_model.to(device=device, dtype=dtype)
+    builder._fill_module(model.diffusion_model, torch.Generator(device=device).manual_seed(0))
+    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
+
+
+def conditioning(sdxl: bool, device: torch.device) -> list:
+    g = torch.Generator().manual_seed(1)
+    if sdxl:
+        return [[torch.randn(1, 77, 2048, generator=g), {"pooled_output": torch.randn(1, 1280, generator=g)}]]
+    return [[torch.randn(1, 77, 768, generator=g), {}]]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--dry-run", action="store_true", help="tiny SD1.5-size run on the CPU")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    cpu = args.dry_run or not torch.cuda.is_available()
+    pack = import_comfy_and_pack(cpu=cpu, with_nodes=False)
+    import comfy.sample
+    import comfy.samplers
+
+    adapter = pack.nodes.comfy_adapter
+    device = torch.device("cpu" if cpu else "cuda")
+    builder = model_builder()
+    unet_config = builder.SD15_UNET_CONFIG if args.dry_run else builder.SDXL_UNET_CONFIG
+    dtype = torch.float32 if cpu else torch.float16
+    size = 64 if args.dry_run else 1024
+    repeats = 1 if args.dry_run else args.repeats
+
+    start = time.perf_counter()
+    patcher = build_patcher(unet_config, device, dtype)
+    build_s = time.perf_counter() - start
+    name = torch.cuda.get_device_name() if not cpu else "CPU (dry run)"
+    print(f"{name}, torch {torch.__version__}, model built in {build_s:.1f} s, {size}x{size}, {dtype}, batch 1")
+
+    positive = conditioning(not args.dry_run, device)
+    latent = torch.zeros(1, 4, size // 8, size // 8)
+    model_sampling = patcher.get_model_object("model_sampling")
+    samplers = {
+        "lcm": comfy.samplers.sampler_object("lcm"),
+        "euler_ancestral": comfy.samplers.sampler_object("euler_ancestral"),
+        "tcd order 1": comfy.samplers.KSAMPLER(adapter.sample_tcd, {"gamma": 0.3, "order": 1}),
+        "tcd order 2": comfy.samplers.KSAMPLER(adapter.sample_tcd, {"gamma": 0.3, "order": 2}),
+    }
+    results: dict[str, Any] = {"device": name, "torch": torch.__version__, "size": size, "runs": {}}
+    for steps in (4, 8):
+        sigmas = adapter.tcd_sigmas(model_sampling, steps)
+        noise = comfy.sample.prepare_noise(latent, 0)
+
+        def run(sampler: Any, sigmas: torch.Tensor = sigmas, noise: torch.Tensor = noise) -> Any:
+            return lambda: comfy.sample.sample_custom(
+                patcher, noise, 1.0, sampler, sigmas, positive, [], latent, disable_pbar=True, seed=0
+            )
+
+        runs = {label: run(sampler) for label, sampler in samplers.items()}
+        times = interleaved_medians(runs, repeats, device, warmup=1 if args.dry_run else 3)
+        lcm = median(times["lcm"])
+        print(f"\n{steps} steps (median of {repeats}, interleaved; spread = half IQR / median)")
+        for label in runs:
+            t = median(times[label])
+            print(f"  {label:<16} {t * 1e3:8.1f} ms  spread {spread(times[label]) if repeats > 3 else 0:5.1%}  "
+                  f"{t / lcm:6.3f}x lcm  {t / median(times['euler_ancestral']):6.3f}x euler_ancestral")  # fmt: skip
+            results["runs"][f"{label}, {steps} steps"] = {"median_s": t, "all_s": times[label]}
+        if not cpu:
+            for label in ("lcm", "tcd order 1"):
+                syncs = count_syncs(runs[label])
+                torch.cuda.reset_peak_memory_stats()
+                runs[label]()
+                peak = torch.cuda.max_memory_allocated() / 2**30
+                print(f"  {label:<16} host-device syncs in one run: {syncs}, peak GPU memory {peak:.2f} GiB")
+                results["runs"][f"{label}, {steps} steps"].update(syncs=syncs, peak_gib=peak)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
