@@ -51,7 +51,7 @@ def noise_space_for(model_sampling: Any) -> tcd_core.NoiseSpace:
                 discrete=True,
             )
         return space
-    raise ValueError(
+    raise tcd_core.TCDInputError(
         f"TCD works with discrete-timestep models (SD1.5, SD2.x, SDXL; eps, v-prediction, zero-terminal-SNR) "
         f"and flow models (SD3, Flux); this model samples with {type(model_sampling).__name__}"
     )
@@ -96,15 +96,18 @@ def sample_tcd(
     if noise_sampler is None:
         noise_sampler = k_diffusion_sampling.default_noise_sampler(x, seed=extra_args.get("seed"))
     model_sampling = model.inner_model.model_patcher.get_model_object("model_sampling")
-    return tcd_core.sample_tcd(
-        model,
-        x,
-        sigmas,
-        extra_args,
-        callback,
-        disable,
-        noise_sampler,
-        gamma=gamma,
-        order=order,
-        space=noise_space_for(model_sampling),
-    )
+    try:
+        return tcd_core.sample_tcd(
+            model,
+            x,
+            sigmas,
+            extra_args,
+            callback,
+            disable,
+            noise_sampler,
+            gamma=gamma,
+            order=order,
+            space=noise_space_for(model_sampling),
+        )
+    except tcd_core.TCDInputError as error:  # raised before any model call: name the node
+        raise tcd_core.TCDInputError(f"TCD Sampler: {error}") from None

@@ -3,6 +3,7 @@
 Nothing here imports ComfyUI; the pack's nodes adapt a ComfyUI model to these functions.
 """
 
+from .errors import TCDInputError
 from .gamma import GammaSchedule, parse_gamma_list
 from .noise_space import SD_SPACE, LatentForm, NoiseSpace, discrete_space, flow_space, scaled_linear_sigmas
 from .sampler import sample_tcd
@@ -14,6 +15,7 @@ __all__ = [
     "LatentForm",
     "NoiseSpace",
     "SD_SPACE",
+    "TCDInputError",
     "TCDStep",
     "discrete_space",
     "flow_space",

@@ -13,14 +13,16 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .errors import TCDInputError
+
 __all__ = ["GammaSchedule", "parse_gamma_list"]
 
 
 def _check_gamma(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+        raise TCDInputError(f"{name} must be a number in [0, 1], got {value!r}")
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value}")
+        raise TCDInputError(f"{name} must be in [0, 1], got {value}")
     return float(value)
 
 
@@ -35,7 +37,7 @@ class GammaSchedule:
     def __post_init__(self) -> None:
         if self.values is not None:
             if not self.values:
-                raise ValueError("the gamma list must hold one value per step, got an empty list")
+                raise TCDInputError("the gamma list must hold one value per step, got an empty list")
             for i, value in enumerate(self.values):
                 _check_gamma(f"gamma list entry {i + 1}", value)
         else:
@@ -63,7 +65,7 @@ class GammaSchedule:
         """One gamma per step for a run of ``steps`` steps."""
         if self.values is not None:
             if len(self.values) != steps:
-                raise ValueError(
+                raise TCDInputError(
                     f"the gamma list has {len(self.values)} values but the sigmas give {steps} steps: "
                     f"give exactly {steps} values"
                 )
@@ -81,12 +83,12 @@ def parse_gamma_list(text: str) -> tuple[float, ...]:
     """Parse ``"0.5, 0.4, 0.3, 0.2"`` (commas, semicolons or spaces) into gamma values in [0, 1]."""
     items = [item for item in _SEPARATOR.split(text.strip()) if item]
     if not items:
-        raise ValueError("the gamma list is empty: write one value in [0, 1] per step, e.g. '0.5, 0.4, 0.3, 0.2'")
+        raise TCDInputError("the gamma list is empty: write one value in [0, 1] per step, e.g. '0.5, 0.4, 0.3, 0.2'")
     values = []
     for i, item in enumerate(items):
         try:
             value = float(item)
         except ValueError:
-            raise ValueError(f"gamma list entry {i + 1} is {item!r}, not a number in [0, 1]") from None
+            raise TCDInputError(f"gamma list entry {i + 1} is {item!r}, not a number in [0, 1]") from None
         values.append(_check_gamma(f"gamma list entry {i + 1}", value))
     return tuple(values)

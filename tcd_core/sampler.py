@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .errors import TCDInputError
 from .gamma import GammaSchedule
 from .noise_space import SD_SPACE, NoiseSpace
 from .step_plan import plan_steps
@@ -43,11 +44,13 @@ def sample_tcd(
 
     ``model(x, sigma, **extra_args)`` returns the denoised (x0) estimate, as in ComfyUI. ``order=2``
     makes the denoise sub-step a DPM-Solver-2 step (one more model call on steps with s above 0).
-    All input is checked before the first model call.
+    All input is checked before the first model call; bad input raises TCDInputError.
     """
     extra_args = {} if extra_args is None else extra_args
     schedule = gamma if isinstance(gamma, GammaSchedule) else GammaSchedule.constant(gamma)
     plan = plan_steps(sigmas, schedule, space, order)
+    if not torch.isfinite(x).all():
+        raise TCDInputError("the latent to sample holds NaN or infinite values; check the nodes that made it")
     if noise_sampler is None:
         noise_sampler = lambda sigma, sigma_next: torch.randn_like(x)  # noqa: E731
     s_in = x.new_ones([x.shape[0]])

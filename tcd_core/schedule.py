@@ -11,21 +11,23 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from .errors import TCDInputError
+
 __all__ = ["tcd_timesteps", "tcd_custom_timesteps"]
 
 
 def _require_int(name: str, value: object, low: int, high: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be a whole number, got {value!r}")
+        raise TCDInputError(f"{name} must be a whole number, got {value!r}")
     if value < low or (high is not None and value > high):
         allowed = f"{low}..{high}" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be in {allowed}, got {value}")
+        raise TCDInputError(f"{name} must be in {allowed}, got {value}")
     return value
 
 
 def _require_strength(strength: float) -> float:
     if not (isinstance(strength, (int, float)) and math.isfinite(strength) and 0.0 < strength <= 1.0):
-        raise ValueError(f"strength must be in (0, 1] (1 = full text-to-image), got {strength!r}")
+        raise TCDInputError(f"strength must be in (0, 1] (1 = full text-to-image), got {strength!r}")
     return float(strength)
 
 
@@ -38,7 +40,7 @@ def tcd_timesteps(
     """Descending TCD timesteps, as diffusers' ``TCDScheduler(original_inference_steps=N)``
     gives them from ``set_timesteps(steps, strength=strength)``.
 
-    Raises ``ValueError`` where the reference refuses: ``steps`` < 1 or above
+    Raises ``TCDInputError`` (a ValueError) where the reference refuses: ``steps`` < 1 or above
     ``original_inference_steps``, or a grid cut by ``strength`` too small for ``steps``.
     ``strength`` outside (0, 1] is refused too (the reference would index past the end).
     """
@@ -51,7 +53,7 @@ def tcd_timesteps(
     k = num_train_timesteps // original
     grid = [i * k - 1 for i in range(1, int(original * strength) + 1)]
     if len(grid) // steps < 1:
-        raise ValueError(
+        raise TCDInputError(
             f"steps={steps} needs at least {steps} grid points, but original_inference_steps x strength "
             f"= {original} x {strength} leaves {len(grid)}: lower steps or raise strength"
         )
@@ -75,15 +77,15 @@ def tcd_custom_timesteps(
     strength = _require_strength(strength)
     values = list(timesteps)
     if not values:
-        raise ValueError("timesteps must hold at least one timestep")
+        raise TCDInputError("timesteps must hold at least one timestep")
     for t in values:
         _require_int("each timestep", t, 0, num_train_timesteps - 1)
     for earlier, later in zip(values, values[1:], strict=False):
         if later >= earlier:
-            raise ValueError(f"timesteps must be strictly descending, but {later} follows {earlier}")
+            raise TCDInputError(f"timesteps must be strictly descending, but {later} follows {earlier}")
     keep = min(int(len(values) * strength), len(values))
     if keep < 1:
-        raise ValueError(
+        raise TCDInputError(
             f"strength={strength} keeps none of the {len(values)} timesteps: "
             f"raise strength to at least {1 / len(values):.3g}"
         )

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .errors import TCDInputError
 from .gamma import GammaSchedule
 from .noise_space import LatentForm, NoiseSpace
 
@@ -56,17 +57,17 @@ class TCDStep:
 
 
 def validate_sigmas(sigmas: Tensor) -> list[float]:
-    """The sigmas as Python floats, or a ValueError saying what is wrong with them."""
+    """The sigmas as Python floats, or a TCDInputError saying what is wrong with them."""
     if not isinstance(sigmas, Tensor) or sigmas.dim() != 1:
-        raise ValueError("sigmas must be a 1-D tensor of noise levels")
+        raise TCDInputError("sigmas must be a 1-D tensor of noise levels")
     if len(sigmas) < 2:
-        raise ValueError(f"sigmas must hold at least 2 values (a start and an end), got {len(sigmas)}")
+        raise TCDInputError(f"sigmas must hold at least 2 values (a start and an end), got {len(sigmas)}")
     values = sigmas.detach().to("cpu", torch.float64).tolist()
     if not all(math.isfinite(v) and v >= 0.0 for v in values):
-        raise ValueError(f"sigmas must be finite and >= 0, got {values}")
+        raise TCDInputError(f"sigmas must be finite and >= 0, got {values}")
     for i in range(len(values) - 1):
         if values[i + 1] >= values[i]:
-            raise ValueError(
+            raise TCDInputError(
                 f"sigmas must be strictly descending, but sigma[{i + 1}]={values[i + 1]:.6g} "
                 f"does not fall below sigma[{i}]={values[i]:.6g}"
             )
@@ -119,9 +120,9 @@ def _midpoint(form: LatentForm, sigma: float, sigma_s: float) -> float:
 
 
 def plan_steps(sigmas: Tensor, gamma: GammaSchedule, space: NoiseSpace, order: int = 1) -> tuple[TCDStep, ...]:
-    """Work out every step of an SSS run over ``sigmas``; raises ValueError on bad input."""
+    """Work out every step of an SSS run over ``sigmas``; raises TCDInputError on bad input."""
     if order not in (1, 2):
-        raise ValueError(f"order must be 1 or 2, got {order!r}")
+        raise TCDInputError(f"order must be 1 or 2, got {order!r}")
     return _plan(tuple(validate_sigmas(sigmas)), gamma, space, order)
 
 

@@ -169,6 +169,16 @@ def test_bad_options_are_refused_before_any_model_call(kwargs: dict, message: st
     assert model.calls == 0
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_latent_with_nan_or_inf_is_refused_before_any_model_call(bad: float) -> None:
+    model = CountingDenoiser(LatentForm.VE)
+    x = torch.zeros(1, 4, 8, 8)
+    x[0, 1, 2, 3] = bad
+    with pytest.raises(tcd_core.TCDInputError, match="NaN or infinite"):
+        tcd_core.sample_tcd(model, x, torch.tensor([14.6, 3.0, 1.0, 0.0]), disable=True)
+    assert model.calls == 0
+
+
 def test_gamma_list_parsing() -> None:
     assert tcd_core.parse_gamma_list("0.5, 0.4;0.3 0.2") == (0.5, 0.4, 0.3, 0.2)
     for bad, message in [("", "empty"), ("0.3, x", "entry 2 is 'x'"), ("0.3, 1.2", r"entry 2 must be in \[0, 1\]")]:
