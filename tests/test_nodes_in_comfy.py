@@ -298,6 +298,22 @@ def test_matching_lora_patches_all_its_modules(comfy: Comfy, sd15: SimpleNamespa
     assert len(model.patches) == fit.patched
 
 
+def test_partly_fitting_lora_is_applied_with_a_warning(
+    comfy: Comfy, sd15: SimpleNamespace, test_models: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SD1.5 modules plus SDXL-only modules in one file: the SD1.5 part applies, the rest is reported."""
+    from safetensors.torch import load_file, save_file
+
+    partial = test_models["lora_sd15"].with_name("tcd-test-partial-lora.safetensors")
+    if not partial.exists():
+        save_file({**load_file(test_models["lora_sdxl"]), **load_file(test_models["lora_sd15"])}, partial)
+    with caplog.at_level("WARNING", logger="comfyui-tcd-sampling"):
+        _, _, fit = comfy.pack_nodes.lora_stack.apply_lora(sd15.model, sd15.clip, partial.name, 1.0)
+    _, _, full = comfy.pack_nodes.lora_stack.apply_lora(sd15.model, sd15.clip, TCD_LORA, 1.0)
+    assert fit.is_partial and fit.patched == full.patched < fit.modules
+    assert f"{fit.patched} of its {fit.modules} modules" in caplog.text
+
+
 def test_lora_for_another_family_is_refused(comfy: Comfy, sd15: SimpleNamespace) -> None:
     with pytest.raises(ValueError, match="patches nothing in this model.*another model family"):
         lora_loader(comfy, sd15, tcd=SDXL_LORA)
