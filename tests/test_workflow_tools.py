@@ -416,6 +416,24 @@ def test_unknown_node_type_is_named_with_its_title(info: ObjectInfo) -> None:
         to_api(graph, info)
 
 
+def test_subgraphs_and_group_nodes_are_named_as_such(info: ObjectInfo) -> None:
+    graph = base_graph()
+    find(graph, 4)["type"] = "0b6f5a9e-1d2c-4c7e-9a51-3f2b8f6d7e10"
+    find(graph, 3)["type"] = "workflow>My group"
+    graph["definitions"] = {"subgraphs": [{"id": "0b6f5a9e-1d2c-4c7e-9a51-3f2b8f6d7e10", "nodes": []}]}
+    messages = [issue.message for issue in validate_workflow(graph, info).errors]
+    assert any("is a subgraph: subgraphs are not supported" in m for m in messages), messages
+    assert any("is a group node: group nodes are not supported" in m for m in messages), messages
+
+
+def test_legacy_seed_control_value_without_the_flag() -> None:
+    legacy = {"OldSampler": {"input": {"required": {"seed": ["INT", {}], "steps": ["INT", {}]}}, "output": []}}
+    values, issues = map_widget_values(
+        node(1, "OldSampler", [5, "increment", 20]), ObjectInfo(legacy).get("OldSampler"), "n"
+    )
+    assert values == {"seed": 5, "steps": 20} and not issues
+
+
 def test_several_object_info_sources_merge(info: ObjectInfo) -> None:
     graph = base_graph()
     find(graph, 4)["type"] = "PackLatent"

@@ -212,6 +212,17 @@ class _Converter:
                 converted.inputs[name] = [str(resolved.origin["id"]), resolved.slot]
         return converted
 
+    def unknown_type_message(self, node_type: str) -> str:
+        subgraphs = (self.graph.workflow.get("definitions") or {}).get("subgraphs") or []
+        if any(isinstance(sub, Mapping) and sub.get("id") == node_type for sub in subgraphs):
+            return f'node type "{node_type}" is a subgraph: subgraphs are not supported; unpack it in the editor'
+        if node_type.startswith(("workflow>", "workflow/")):
+            return f'node type "{node_type}" is a group node: group nodes are not supported; convert it to nodes'
+        return (
+            f'unknown node type "{node_type}": no /object_info source defines it '
+            "(is the custom node pack that provides it installed?)"
+        )
+
     def run(self) -> Conversion:
         prompt: dict[str, dict[str, Any]] = {}
         nodes: dict[str, ConvertedNode] = {}
@@ -222,13 +233,7 @@ class _Converter:
                 continue
             schema = self.info.get(node_type)
             if schema is None:
-                self.issues.append(
-                    Issue(
-                        f'unknown node type "{node_type}": no /object_info source defines it '
-                        "(is the custom node pack that provides it installed?)",
-                        self.label(node),
-                    )
-                )
+                self.issues.append(Issue(self.unknown_type_message(node_type), self.label(node)))
                 continue
             converted = self.convert_node(node, schema)
             nodes[str(node_id)] = converted

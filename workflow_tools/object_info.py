@@ -17,6 +17,7 @@ CONTROL_VALUES = frozenset({"fixed", "increment", "decrement", "randomize"})
 # Values of the upload button the frontend adds after the required widgets of a file loader.
 UPLOAD_VALUES = frozenset({"image", "video", "audio"})
 UPLOAD_OPTIONS = ("image_upload", "video_upload", "audio_upload", "upload")
+LEGACY_SEED_NAMES = frozenset({"seed", "noise_seed"})
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,13 @@ class InputSpec:
 
     @property
     def has_control_widget(self) -> bool:
-        """True when the frontend adds a control_after_generate widget (fixed/randomize/...) after it."""
-        return bool(self.options.get("control_after_generate", False))
+        """True when the frontend adds a control_after_generate widget (fixed/randomize/...) after it.
+
+        Old servers did not send the flag; their frontend added the widget to INTs named seed/noise_seed.
+        """
+        if self.options.get("control_after_generate", False):
+            return True
+        return self.type == "INT" and self.name in LEGACY_SEED_NAMES
 
     @property
     def has_upload_widget(self) -> bool:
