@@ -173,6 +173,9 @@ class Graph:
         self.info = info
         self.name = name
         self.nodes: list[Node] = []
+        self.title = name
+        self.summary = ""
+        self.models: tuple[Model, ...] = ()
 
     def add(
         self,
@@ -194,6 +197,13 @@ class Graph:
         node.row = float(node.id if row is None else row)
         self.nodes.append(node)
         return node
+
+    def describe(
+        self, title: str, summary: str, models: tuple[Model, ...], settings: list[str], extra: str = ""
+    ) -> Node:
+        """Sets what the workflow is for (also listed in workflows/README.md) and adds its note."""
+        self.title, self.summary, self.models = title, summary, models
+        return self.note(note_text(title, summary, models, settings, extra))
 
     def note(self, text: str, column: int = 0) -> Node:
         node = Node(len(self.nodes) + 1, "MarkdownNote", column, "Read me: models and settings", {}, None)
@@ -485,13 +495,11 @@ def tcd_sample(
 def sdxl_text_to_image(info: ObjectInfo) -> Graph:
     g = Graph(info, "tcd_sdxl_text_to_image")
     models = (SDXL_BASE, TCD_SDXL)
-    g.note(
-        note_text(
-            "TCD: SDXL text-to-image",
-            "Trajectory Consistency Distillation with the TCD SDXL LoRA: 4 steps, CFG 1, gamma 0.3.",
-            models,
-            TCD_SETTINGS + ["1024x1024, SDXL's native size."],
-        )
+    g.describe(
+        "TCD: SDXL text-to-image",
+        "Trajectory Consistency Distillation with the TCD SDXL LoRA: 4 steps, CFG 1, gamma 0.3.",
+        models,
+        TCD_SETTINGS + ["1024x1024, SDXL's native size."],
     )
     p = tcd_base(g, SDXL_BASE, TCD_SDXL)
     latent = g.add("EmptyLatentImage", 4, width=1024, height=1024, batch_size=1, row=100)
@@ -502,15 +510,13 @@ def sdxl_text_to_image(info: ObjectInfo) -> Graph:
 def sd15_text_to_image(info: ObjectInfo) -> Graph:
     g = Graph(info, "tcd_sd15_text_to_image")
     models = (SD15_BASE, TCD_SD15)
-    g.note(
-        note_text(
-            "TCD: SD1.5 text-to-image",
-            "Trajectory Consistency Distillation with the TCD SD1.5 LoRA: 4 steps, CFG 1, gamma 0.3. "
-            "runwayml/stable-diffusion-v1-5 was withdrawn; its mirror stable-diffusion-v1-5/stable-diffusion-v1-5 "
-            "holds the same file. Any SD1.5 fine-tune works with the same LoRA.",
-            models,
-            TCD_SETTINGS + ["512x512, SD1.5's native size."],
-        )
+    g.describe(
+        "TCD: SD1.5 text-to-image",
+        "Trajectory Consistency Distillation with the TCD SD1.5 LoRA: 4 steps, CFG 1, gamma 0.3. "
+        "runwayml/stable-diffusion-v1-5 was withdrawn; its mirror stable-diffusion-v1-5/stable-diffusion-v1-5 "
+        "holds the same file. Any SD1.5 fine-tune works with the same LoRA.",
+        models,
+        TCD_SETTINGS + ["512x512, SD1.5's native size."],
     )
     p = tcd_base(g, SD15_BASE, TCD_SD15, prompt="a photo of an orange cat wearing a Prussian Pickelhaube, best quality")
     latent = g.add("EmptyLatentImage", 4, width=512, height=512, batch_size=1, row=100)
@@ -521,16 +527,14 @@ def sd15_text_to_image(info: ObjectInfo) -> Graph:
 def sdxl_controlnet_canny(info: ObjectInfo) -> Graph:
     g = Graph(info, "tcd_sdxl_controlnet_canny")
     models = (SDXL_BASE, TCD_SDXL, CANNY_SDXL)
-    g.note(
-        note_text(
-            "TCD: SDXL + Canny ControlNet",
-            "The edges of your image (ComfyUI's core Canny node) steer a 4-step TCD image, as in TCD's "
-            "official ControlNet demo: ControlNet strength 0.5.",
-            models,
-            TCD_SETTINGS + ["**Apply ControlNet** strength 0.5; raise it to follow the edges more closely."],
-            f"## Input image\n\nLoad any picture in **Load Image** (upload it, or put it in `ComfyUI/input/`; "
-            f"the workflow names `{CANNY_SOURCE}`). Canny thresholds 0.4 / 0.8; the preview shows the edges.",
-        )
+    g.describe(
+        "TCD: SDXL + Canny ControlNet",
+        "The edges of your image (ComfyUI's core Canny node) steer a 4-step TCD image, as in TCD's "
+        "official ControlNet demo: ControlNet strength 0.5.",
+        models,
+        TCD_SETTINGS + ["**Apply ControlNet** strength 0.5; raise it to follow the edges more closely."],
+        f"## Input image\n\nLoad any picture in **Load Image** (upload it, or put it in `ComfyUI/input/`; "
+        f"the workflow names `{CANNY_SOURCE}`). Canny thresholds 0.4 / 0.8; the preview shows the edges.",
     )
     p = tcd_base(g, SDXL_BASE, TCD_SDXL, prompt="a red sports car in a neon city at night, best quality")
     image = g.add("LoadImage", 1, title="Image for edges", image=CANNY_SOURCE)
@@ -556,16 +560,14 @@ def sdxl_controlnet_canny(info: ObjectInfo) -> Graph:
 def sdxl_controlnet_depth(info: ObjectInfo) -> Graph:
     g = Graph(info, "tcd_sdxl_controlnet_depth")
     models = (SDXL_BASE, TCD_SDXL, DEPTH_SDXL)
-    g.note(
-        note_text(
-            "TCD: SDXL + Depth ControlNet",
-            "A depth map steers a 4-step TCD image, as in TCD's official ControlNet demo: ControlNet strength 0.5.",
-            models,
-            TCD_SETTINGS + ["**Apply ControlNet** strength 0.5; raise it to follow the depth map more closely."],
-            f"## Depth map\n\nLoad a depth map as an image in **Load Image** (white = near, black = far; the "
-            f"workflow names `{DEPTH_MAP}`). Make one with a depth estimator, e.g. the DPT/MiDaS or Depth "
-            "Anything preprocessors of comfyui_controlnet_aux, or any depth tool.",
-        )
+    g.describe(
+        "TCD: SDXL + Depth ControlNet",
+        "A depth map steers a 4-step TCD image, as in TCD's official ControlNet demo: ControlNet strength 0.5.",
+        models,
+        TCD_SETTINGS + ["**Apply ControlNet** strength 0.5; raise it to follow the depth map more closely."],
+        f"## Depth map\n\nLoad a depth map as an image in **Load Image** (white = near, black = far; the "
+        f"workflow names `{DEPTH_MAP}`). Make one with a depth estimator, e.g. the DPT/MiDaS or Depth "
+        "Anything preprocessors of comfyui_controlnet_aux, or any depth tool.",
     )
     p = tcd_base(g, SDXL_BASE, TCD_SDXL, prompt="a stormtrooper giving a lecture in a university hall, best quality")
     depth = g.add("LoadImage", 1, title="Depth map", image=DEPTH_MAP)
@@ -589,17 +591,15 @@ def sdxl_controlnet_depth(info: ObjectInfo) -> Graph:
 def sdxl_ip_adapter(info: ObjectInfo) -> Graph:
     g = Graph(info, "tcd_sdxl_ip_adapter")
     models = (SDXL_BASE, TCD_SDXL, IPADAPTER_SDXL, CLIP_VISION_H)
-    g.note(
-        note_text(
-            "TCD: SDXL + IP-Adapter",
-            "A reference image steers a 4-step TCD image through IP-Adapter at weight 0.5, as in TCD's official "
-            "IP-Adapter demo. Needs the custom node pack **ComfyUI_IPAdapter_plus** (cubiq), e.g. from "
-            "ComfyUI-Manager.",
-            models,
-            TCD_SETTINGS + ["**IPAdapter Advanced** weight 0.5; raise it to follow the reference more closely."],
-            f"## Reference image\n\nLoad it in **Load Image** (the workflow names `{IP_REFERENCE}`). "
-            "`ip-adapter_sdxl_vit-h` pairs with the ViT-H image encoder listed above.",
-        )
+    g.describe(
+        "TCD: SDXL + IP-Adapter",
+        "A reference image steers a 4-step TCD image through IP-Adapter at weight 0.5, as in TCD's official "
+        "IP-Adapter demo. Needs the custom node pack **ComfyUI_IPAdapter_plus** (cubiq), e.g. from "
+        "ComfyUI-Manager.",
+        models,
+        TCD_SETTINGS + ["**IPAdapter Advanced** weight 0.5; raise it to follow the reference more closely."],
+        f"## Reference image\n\nLoad it in **Load Image** (the workflow names `{IP_REFERENCE}`). "
+        "`ip-adapter_sdxl_vit-h` pairs with the ViT-H image encoder listed above.",
     )
     p = tcd_base(g, SDXL_BASE, TCD_SDXL, prompt="best quality, high quality, wearing sunglasses on the beach")
     reference = g.add("LoadImage", 1, title="Reference image", image=IP_REFERENCE)
@@ -627,15 +627,13 @@ def sdxl_ip_adapter(info: ObjectInfo) -> Graph:
 def sdxl_papercut(info: ObjectInfo) -> Graph:
     g = Graph(info, "tcd_sdxl_papercut_lora")
     models = (SDXL_BASE, TCD_SDXL, PAPERCUT)
-    g.note(
-        note_text(
-            "TCD: SDXL + Papercut style LoRA",
-            "The TCD LoRA with the Papercut style LoRA stacked on it, both at strength 1.0, in the TCD LoRA "
-            "Loader, as in TCD's official demo. Papercut's trigger word **\"papercut\"** starts the prompt.",
-            models,
-            TCD_SETTINGS
-            + ["**TCD LoRA Loader**: tcd_lora strength 1.0, style_lora_1 `papercut.safetensors` strength 1.0."],
-        )
+    g.describe(
+        "TCD: SDXL + Papercut style LoRA",
+        "The TCD LoRA with the Papercut style LoRA stacked on it, both at strength 1.0, in the TCD LoRA "
+        "Loader, as in TCD's official demo. Papercut's trigger word **\"papercut\"** starts the prompt.",
+        models,
+        TCD_SETTINGS
+        + ["**TCD LoRA Loader**: tcd_lora strength 1.0, style_lora_1 `papercut.safetensors` strength 1.0."],
     )
     p = tcd_base(g, SDXL_BASE, TCD_SDXL, style=PAPERCUT, prompt="papercut, a cute fox")
     latent = g.add("EmptyLatentImage", 4, width=1024, height=1024, batch_size=1, row=100)
@@ -646,17 +644,15 @@ def sdxl_papercut(info: ObjectInfo) -> Graph:
 def sdxl_img2img(info: ObjectInfo) -> Graph:
     g = Graph(info, "tcd_sdxl_img2img")
     models = (SDXL_BASE, TCD_SDXL)
-    g.note(
-        note_text(
-            "TCD: SDXL image-to-image",
-            "Repaints an image in 4 TCD steps. The **TCD Scheduler**'s strength has diffusers' meaning: the "
-            "timestep grid is cut at the top, sampling starts near timestep 1000 x strength and still takes all "
-            "4 steps (KSampler's denoise instead spreads steps/denoise steps and keeps the last ones).",
-            models,
-            [*TCD_SETTINGS, "**TCD Scheduler** strength 0.5: lower keeps more of the image, 1.0 ignores it."],
-            f"## Input image\n\nLoad it in **Load Image** (the workflow names `{IMG2IMG_SOURCE}`); it is "
-            "scaled to 1024x1024.",
-        )
+    g.describe(
+        "TCD: SDXL image-to-image",
+        "Repaints an image in 4 TCD steps. The **TCD Scheduler**'s strength has diffusers' meaning: the "
+        "timestep grid is cut at the top, sampling starts near timestep 1000 x strength and still takes all "
+        "4 steps (KSampler's denoise instead spreads steps/denoise steps and keeps the last ones).",
+        models,
+        [*TCD_SETTINGS, "**TCD Scheduler** strength 0.5: lower keeps more of the image, 1.0 ignores it."],
+        f"## Input image\n\nLoad it in **Load Image** (the workflow names `{IMG2IMG_SOURCE}`); it is "
+        "scaled to 1024x1024.",
     )
     p = tcd_base(g, SDXL_BASE, TCD_SDXL, prompt="a watercolor painting of a cat, best quality")
     image = g.add("LoadImage", 1, title="Input image", image=IMG2IMG_SOURCE)
@@ -669,20 +665,18 @@ def sdxl_img2img(info: ObjectInfo) -> Graph:
 def sdxl_ksampler(info: ObjectInfo) -> Graph:
     g = Graph(info, "tcd_sdxl_ksampler")
     models = (SDXL_BASE, TCD_SDXL)
-    g.note(
-        note_text(
-            "TCD: SDXL in the plain KSampler",
-            "This pack adds `tcd` to KSampler's sampler and scheduler lists: TCD from the plain KSampler, no "
-            "custom sampling nodes. KSampler's `tcd` sampler uses gamma 0.3; use the TCD Sampler node for another "
-            "gamma.",
-            models,
-            [
-                "**KSampler**: sampler `tcd`, scheduler `tcd`, steps 4, CFG 1.0, denoise 1.0.",
-                "**TCD LoRA Loader** loads the TCD LoRA at strength 1.0 (ComfyUI's own LoRA loaders work too).",
-                "KSampler's denoise below 1 gives image-to-image with KSampler's meaning: the `tcd` schedule is "
-                "spread over steps / denoise steps and the last `steps` are kept.",
-            ],
-        )
+    g.describe(
+        "TCD: SDXL in the plain KSampler",
+        "This pack adds `tcd` to KSampler's sampler and scheduler lists: TCD from the plain KSampler, no "
+        "custom sampling nodes. KSampler's `tcd` sampler uses gamma 0.3; use the TCD Sampler node for another "
+        "gamma.",
+        models,
+        [
+            "**KSampler**: sampler `tcd`, scheduler `tcd`, steps 4, CFG 1.0, denoise 1.0.",
+            "**TCD LoRA Loader** loads the TCD LoRA at strength 1.0 (ComfyUI's own LoRA loaders work too).",
+            "KSampler's denoise below 1 gives image-to-image with KSampler's meaning: the `tcd` schedule is "
+            "spread over steps / denoise steps and the last `steps` are kept.",
+        ],
     )
     p = tcd_base(g, SDXL_BASE, TCD_SDXL)
     latent = g.add("EmptyLatentImage", 3, width=1024, height=1024, batch_size=1, row=100)
@@ -728,6 +722,45 @@ def render(workflow: Mapping[str, Any]) -> str:
     return json.dumps(workflow, indent=2, ensure_ascii=False) + "\n"
 
 
+def index_markdown(graphs: Mapping[str, Graph]) -> str:
+    """workflows/README.md: the workflows, what each needs, and where the model files come from."""
+    lines = [
+        "# Example workflows",
+        "",
+        "Drag a file into ComfyUI, or open it from the template browser under this pack's name. Each holds a "
+        "note naming the model files it needs, where they go and where to get them; ComfyUI offers to download "
+        "the files listed in a workflow's `models` when they are missing.",
+        "",
+        "| Workflow | What it shows | Model files (folder under `ComfyUI/models/`) |",
+        "|---|---|---|",
+    ]
+    for name, graph in graphs.items():
+        summary = graph.summary
+        if name in NEEDS_OTHER_PACKS:
+            summary += f" Needs the {NEEDS_OTHER_PACKS[name]} custom nodes."
+        files = ", ".join(f"`{m.name}` ({m.directory})" for m in graph.models)
+        lines.append(f"| [{graph.title.removeprefix('TCD: ')}]({name}.json) | {summary} | {files} |")
+    lines += ["", "## Where the model files come from", ""]
+    for model in _unique(m for graph in graphs.values() for m in graph.models):
+        lines.append(f"- `{model.name}`: `{model.upstream_file}` from [{model.repo}]({model.page})")
+    lines += [
+        "",
+        "Generated by `dev/make_workflows.py` (edit the descriptions there, not the JSON). Check the files "
+        "against a running ComfyUI with `python -m workflow_tools validate workflows/*.json --object-info "
+        "http://127.0.0.1:8188`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def build_files(info: ObjectInfo) -> dict[str, str]:
+    """{file name in workflows/: text}: every workflow's JSON and the README listing them."""
+    graphs = {name: make(info) for name, make in WORKFLOWS.items()}
+    files = {f"{name}.json": render(graph.build()) for name, graph in graphs.items()}
+    files["README.md"] = index_markdown(graphs)
+    return files
+
+
 def _live_object_info() -> dict[str, Any]:
     """/object_info of a ComfyUI started for the purpose (dev/provision.sh's, or $COMFYUI_PATH)."""
     sys.path.insert(0, str(REPO_ROOT / "tests"))
@@ -748,9 +781,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         info = merged_object_info([_live_object_info(), IPADAPTER_FIXTURE])
     stale = []
-    for name, workflow in build_workflows(info).items():
+    for name, text in build_files(info).items():
         path = options.out / name
-        text = render(workflow)
         if options.check:
             if not path.is_file() or path.read_text(encoding="utf-8") != text:
                 stale.append(name)
