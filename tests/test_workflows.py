@@ -27,7 +27,6 @@ from PIL import Image, ImageDraw, ImageStat
 from workflow_tools import ObjectInfo, load_object_info, to_api, validate_workflow
 
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
-IPADAPTER_FIXTURE = Path("/work/shared/fixtures/ipadapter_plus_object_info.json")
 SIZE = 64
 STEPS = 2  # the end-to-end runs check the wiring; the published 4 steps are checked in the files
 
@@ -45,6 +44,7 @@ GEN = _load_generator()
 NAMES = list(GEN.WORKFLOWS)
 # Those that need only ComfyUI core and this pack run end to end. The Papercut one goes last: all
 # others load the same checkpoint + TCD LoRA, which ComfyUI then keeps patched between prompts.
+IPADAPTER_FIXTURE = GEN.IPADAPTER_FIXTURE
 RUNNABLE = sorted(
     (name for name in NAMES if name not in GEN.NEEDS_OTHER_PACKS), key=lambda name: name == "tcd_sdxl_papercut_lora"
 )
