@@ -119,12 +119,15 @@ def _api_value(value: Any) -> Any:
 
 
 class _Converter:
+    """One conversion: walks the UI graph once, collecting the prompt and the issues."""
+
     def __init__(self, workflow: Mapping[str, Any], info: ObjectInfo) -> None:
         self.graph = UIGraph(workflow)
         self.info = info
         self.issues: list[Issue] = list(self.graph.issues)
 
     def label(self, node: Mapping[str, Any]) -> str:
+        """The node's label for messages, with its display name when it has no title."""
         schema = self.info.get(str(node.get("type")))
         return node_label(node, schema.display_name if schema else None)
 
@@ -180,6 +183,7 @@ class _Converter:
         return None
 
     def convert_node(self, node: Mapping[str, Any], schema: NodeSchema) -> ConvertedNode:
+        """A node's API inputs: widget values by name, then links (and PrimitiveNode values) over them."""
         label = self.label(node)
         active = node.get("mode") not in (MUTED, BYPASSED)
         converted = ConvertedNode(node, schema, label, active)
@@ -213,6 +217,7 @@ class _Converter:
         return converted
 
     def unknown_type_message(self, node_type: str) -> str:
+        """Why a node type is not in /object_info, as far as the workflow tells."""
         subgraphs = (self.graph.workflow.get("definitions") or {}).get("subgraphs") or []
         if any(isinstance(sub, Mapping) and sub.get("id") == node_type for sub in subgraphs):
             return f'node type "{node_type}" is a subgraph: subgraphs are not supported; unpack it in the editor'
@@ -224,6 +229,7 @@ class _Converter:
         )
 
     def run(self) -> Conversion:
+        """Converts every node in id order; frontend-only and unknown nodes stay out of the prompt."""
         prompt: dict[str, dict[str, Any]] = {}
         nodes: dict[str, ConvertedNode] = {}
         for node_id in sorted(self.graph.nodes):

@@ -102,12 +102,9 @@ class UIGraph:
                 continue
             self.links[link.id] = link
 
-    def input_entries(self, node: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-        return list(node.get("inputs") or [])
-
     def input_link(self, node: Mapping[str, Any], index: int) -> int | None:
         """The link id into a node's input slot, or None."""
-        entries = self.input_entries(node)
+        entries = list(node.get("inputs") or [])
         if not 0 <= index < len(entries):
             return None
         link = entries[index].get("link")
