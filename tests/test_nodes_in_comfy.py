@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 from typing import Any
+from unittest import mock
 
 import pytest
 import torch
@@ -67,24 +68,31 @@ def ksampler_object(_: Comfy, function: Any) -> Any:
 
 
 def diffusers_tcd(gamma: float, prediction: str = "epsilon") -> Any:
-    """A SAMPLER function running diffusers' TCDScheduler on ComfyUI's model (the independent reference)."""
+    """A SAMPLER function running diffusers' TCDScheduler on ComfyUI's model (the independent reference).
+
+    diffusers draws its step noise with `randn_tensor`; here that draws from ComfyUI's seeded noise
+    sampler instead, so both sides see the same noise whatever ComfyUI's seeding rule (it changed in 0.8).
+    """
+    from comfy.k_diffusion.sampling import default_noise_sampler
+    from diffusers.schedulers import scheduling_tcd
 
     @torch.no_grad()
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None):
         model_sampling = model.inner_model.model_patcher.get_model_object("model_sampling")
         scheduler = TCDScheduler(beta_schedule="scaled_linear", prediction_type=prediction)
         scheduler.set_timesteps(len(sigmas) - 1)
-        generator = torch.Generator().manual_seed(extra_args["seed"])
+        noise = default_noise_sampler(x, seed=extra_args["seed"])
         s_in = x.new_ones([x.shape[0]])
         x_vp = x / (1 + sigmas[0] ** 2).sqrt()
-        for t in scheduler.timesteps:
-            sigma = model_sampling.sigma(t)
-            scale = (1 + sigma**2).sqrt()  # 1 / sqrt(alpha_bar)
-            x_ve = x_vp * scale
-            denoised = model(x_ve, sigma * s_in, **extra_args)
-            eps = (x_ve - denoised) / sigma
-            out = eps if prediction == "epsilon" else (eps - sigma * denoised) / scale  # v = sqrt(a) eps - sqrt(1-a) x0
-            x_vp = scheduler.step(out, t, x_vp, eta=gamma, generator=generator).prev_sample
+        with mock.patch.object(scheduling_tcd, "randn_tensor", lambda shape, **kwargs: noise(None, None)):
+            for t in scheduler.timesteps:
+                sigma = model_sampling.sigma(t)
+                scale = (1 + sigma**2).sqrt()  # 1 / sqrt(alpha_bar)
+                x_ve = x_vp * scale
+                denoised = model(x_ve, sigma * s_in, **extra_args)
+                eps = (x_ve - denoised) / sigma
+                out = eps if prediction == "epsilon" else (eps - sigma * denoised) / scale  # v = sqrt(a) eps - ...
+                x_vp = scheduler.step(out, t, x_vp, eta=gamma).prev_sample
         return x_vp
 
     return sample
