@@ -70,9 +70,15 @@ class TCDLoraLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, tcd_lora: str, tcd_lora_strength: float, clip=None, **styles) -> io.NodeOutput:
-        stack = [(tcd_lora, tcd_lora_strength)]
-        stack += [(styles[f"style_lora_{i}"], styles[f"style_lora_{i}_strength"]) for i in range(1, STYLE_SLOTS + 1)]
-        for name, strength in stack:
+        stack = [("tcd_lora", tcd_lora, tcd_lora_strength)]
+        stack += [
+            (f"style_lora_{i}", styles[f"style_lora_{i}"], styles[f"style_lora_{i}_strength"])
+            for i in range(1, STYLE_SLOTS + 1)
+        ]
+        for input_name, name, strength in stack:
             if name != NONE and strength != 0:
-                model, clip, _ = apply_lora(model, clip, name, strength)
+                try:
+                    model, clip, _ = apply_lora(model, clip, name, strength)
+                except ValueError as error:  # name the node and the input, as the other TCD nodes do
+                    raise ValueError(f"TCD LoRA Loader {input_name}: {error}") from None
         return io.NodeOutput(model, clip)
