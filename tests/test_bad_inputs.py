@@ -1,0 +1,438 @@
+"""Bad input through the real ComfyUI HTTP server: each one gets a clear error, and the server keeps working.
+
+Every case posts an API-format TCD txt2img graph with one thing wrong and checks what the user sees:
+
+* ComfyUI's own validation (HTTP 400, ``node_errors``): the node, the input and its bounds, e.g.
+  ``Value 1.5 bigger than max of 1.0: gamma`` on the TCD Sampler node;
+* an execution error (``execution_error`` in ``/history``): the node id and type, and the pack's
+  message naming the TCD node, the input and the allowed values.
+
+Then the same server must still run a good graph (a 1-step TCD txt2img at 64x64, fresh seed).
+``BAD_INPUTS`` is the table the README repeats; ``python tests/test_bad_inputs.py`` prints it as Markdown.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+import urllib.error
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+from comfy_host import ComfyServer
+from PIL import Image
+
+CKPT = "tcd-test-sd15.safetensors"
+NAN_LATENT = "tcd-test-nan.latent"
+_SEEDS = itertools.count(8_810_000)  # every graph gets its own seed: ComfyUI would serve a repeat from its cache
+
+Graph = dict[str, dict[str, Any]]
+
+
+def tcd_graph(steps: int = 2, seed: int | None = None, prefix: str = "tcd-bad-inputs") -> Graph:
+    """TCD txt2img in API format: TCD Scheduler + TCD Sampler into SamplerCustom (CFG 1), 64x64."""
+    return {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CKPT}},
+        "positive": {"class_type": "CLIPTextEncode", "inputs": {"text": "a paper cut fox", "clip": ["ckpt", 1]}},
+        "negative": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
+        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "scheduler": {
+            "class_type": "TrajectoryConsistencyScheduler",
+            "inputs": {"model": ["ckpt", 0], "steps": steps, "original_inference_steps": 50, "strength": 1.0},
+        },
+        "tcd": {
+            "class_type": "TrajectoryConsistencySampler",
+            "inputs": {"gamma": 0.3, "gamma_schedule": "constant", "gamma_end": 0.3, "gamma_list": "0.3", "order": 1},
+        },
+        "sample": {
+            "class_type": "SamplerCustom",
+            "inputs": {
+                "model": ["ckpt", 0],
+                "add_noise": True,
+                "noise_seed": next(_SEEDS) if seed is None else seed,
+                "cfg": 1.0,
+                "positive": ["positive", 0],
+                "negative": ["negative", 0],
+                "sampler": ["tcd", 0],
+                "sigmas": ["scheduler", 0],
+                "latent_image": ["latent", 0],
+            },
+        },
+        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["ckpt", 2]}},
+        "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": prefix}},
+    }
+
+
+# --- graph changes ---------------------------------------------------------------------------------
+
+
+def set_input(node: str, **values: Any) -> Callable[[Graph, ComfyServer], None]:
+    def change(graph: Graph, _server: ComfyServer) -> None:
+        graph[node]["inputs"].update(values)
+
+    return change
+
+
+def gamma_list(text: str) -> Callable[[Graph, ComfyServer], None]:
+    return set_input("tcd", gamma_schedule="list", gamma_list=text)
+
+
+def sigmas_through(class_type: str, output: int, **inputs: Any) -> Callable[[Graph, ComfyServer], None]:
+    """The TCD Scheduler's sigmas pass through a sigmas node (SplitSigmas, FlipSigmas) before SamplerCustom."""
+
+    def change(graph: Graph, _server: ComfyServer) -> None:
+        graph["sigmas_node"] = {"class_type": class_type, "inputs": {"sigmas": ["scheduler", 0], **inputs}}
+        graph["sample"]["inputs"]["sigmas"] = ["sigmas_node", output]
+
+    return change
+
+
+def tcd_lora(name: str) -> Callable[[Graph, ComfyServer], None]:
+    """TCD LoRA Loader between the checkpoint and everything that takes its MODEL."""
+
+    def change(graph: Graph, _server: ComfyServer) -> None:
+        styles = {f"style_lora_{i}": "None" for i in (1, 2, 3)} | {f"style_lora_{i}_strength": 1.0 for i in (1, 2, 3)}
+        graph["lora"] = {
+            "class_type": "TrajectoryConsistencyLoraLoader",
+            "inputs": {"model": ["ckpt", 0], "tcd_lora": name, "tcd_lora_strength": 1.0, **styles},
+        }
+        graph["scheduler"]["inputs"]["model"] = ["lora", 0]
+        graph["sample"]["inputs"]["model"] = ["lora", 0]
+
+    return change
+
+
+def nan_latent(graph: Graph, server: ComfyServer) -> None:
+    """A .latent file (SaveLatent's format) holding one NaN, loaded with LoadLatent from the input folder."""
+    import safetensors.torch
+    import torch
+
+    samples = torch.zeros(1, 4, 8, 8)
+    samples[0, 1, 3, 4] = float("nan")
+    tensors = {"latent_tensor": samples, "latent_format_version_0": torch.tensor([])}
+    safetensors.torch.save_file(tensors, str(server.input_dir / NAN_LATENT))
+    graph["latent"] = {"class_type": "LoadLatent", "inputs": {"latent": NAN_LATENT}}
+
+
+# --- the table -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BadInput:
+    case: str  # test id
+    bad_input: str  # the README's "bad input" column
+    change: Callable[[Graph, ComfyServer], None]
+    node: str  # the graph node the error is reported on
+    expected: tuple[str, ...]  # fragments of the message the user sees; each also appears in `shown`
+    shown: str  # the README's "what the user sees" column
+    input_name: str | None = None  # validation errors: the input ComfyUI names
+    rejected: bool = False  # True: refused by validation (HTTP 400); False: execution_error in /history
+
+
+BAD_INPUTS: tuple[BadInput, ...] = (
+    BadInput(
+        "gamma-above-1",
+        "TCD Sampler `gamma` above 1 (1.5)",
+        set_input("tcd", gamma=1.5),
+        "tcd",
+        ("Value 1.5 bigger than max of 1.0", "gamma"),
+        "Prompt refused (HTTP 400) on the TCD Sampler node: `Value 1.5 bigger than max of 1.0: gamma`",
+        input_name="gamma",
+        rejected=True,
+    ),
+    BadInput(
+        "gamma-below-0",
+        "TCD Sampler `gamma` below 0 (-0.1)",
+        set_input("tcd", gamma=-0.1),
+        "tcd",
+        ("Value -0.1 smaller than min of 0.0", "gamma"),
+        "Prompt refused (HTTP 400) on the TCD Sampler node: `Value -0.1 smaller than min of 0.0: gamma`",
+        input_name="gamma",
+        rejected=True,
+    ),
+    BadInput(
+        "gamma-list-wrong-length",
+        "`gamma_schedule` list, `gamma_list` with 3 values for 2 steps",
+        gamma_list("0.3, 0.3, 0.3"),
+        "sample",
+        ("TCD Sampler: the gamma list has 3 values but the sigmas give 2 steps", "give exactly 2 values"),
+        "Error in SamplerCustom: `TCD Sampler: the gamma list has 3 values but the sigmas give 2 steps: "
+        "give exactly 2 values`",
+    ),
+    BadInput(
+        "gamma-list-not-numbers",
+        "`gamma_schedule` list, `gamma_list` `0.3, abc`",
+        gamma_list("0.3, abc"),
+        "tcd",
+        ("TCD Sampler gamma_list:", "gamma list entry 2 is 'abc', not a number in [0, 1]"),
+        "Prompt refused (HTTP 400) on the TCD Sampler node: `TCD Sampler gamma_list: gamma list entry 2 is "
+        "'abc', not a number in [0, 1]`",
+        input_name="gamma_list",
+        rejected=True,
+    ),
+    BadInput(
+        "gamma-list-out-of-range",
+        "`gamma_schedule` list, `gamma_list` `0.3, 1.5`",
+        gamma_list("0.3, 1.5"),
+        "tcd",
+        ("TCD Sampler gamma_list:", "gamma list entry 2 must be in [0, 1], got 1.5"),
+        "Prompt refused (HTTP 400) on the TCD Sampler node: `TCD Sampler gamma_list: gamma list entry 2 must "
+        "be in [0, 1], got 1.5`",
+        input_name="gamma_list",
+        rejected=True,
+    ),
+    BadInput(
+        "gamma-list-empty",
+        "`gamma_schedule` list, `gamma_list` empty",
+        gamma_list(" , "),
+        "tcd",
+        ("TCD Sampler gamma_list:", "the gamma list is empty: write one value in [0, 1] per step"),
+        "Prompt refused (HTTP 400) on the TCD Sampler node: `TCD Sampler gamma_list: the gamma list is empty: "
+        "write one value in [0, 1] per step, e.g. '0.5, 0.4, 0.3, 0.2'`",
+        input_name="gamma_list",
+        rejected=True,
+    ),
+    BadInput(
+        "steps-0",
+        "TCD Scheduler `steps` 0",
+        set_input("scheduler", steps=0),
+        "scheduler",
+        ("Value 0 smaller than min of 1", "steps"),
+        "Prompt refused (HTTP 400) on the TCD Scheduler node: `Value 0 smaller than min of 1: steps`",
+        input_name="steps",
+        rejected=True,
+    ),
+    BadInput(
+        "steps-beyond-grid",
+        "TCD Scheduler `steps` 60 with `original_inference_steps` 50",
+        set_input("scheduler", steps=60),
+        "scheduler",
+        ("TCD Scheduler: steps must be in 1..50, got 60",),
+        "Error in TCD Scheduler: `TCD Scheduler: steps must be in 1..50, got 60`",
+    ),
+    BadInput(
+        "steps-beyond-strength",
+        "TCD Scheduler `steps` 8 with `strength` 0.1 (50 x 0.1 = 5 grid points)",
+        set_input("scheduler", steps=8, strength=0.1),
+        "scheduler",
+        (
+            "TCD Scheduler: steps=8 needs at least 8 grid points",
+            "original_inference_steps x strength = 50 x 0.1 leaves 5",
+            "lower steps or raise strength",
+        ),
+        "Error in TCD Scheduler: `TCD Scheduler: steps=8 needs at least 8 grid points, but "
+        "original_inference_steps x strength = 50 x 0.1 leaves 5: lower steps or raise strength`",
+    ),
+    BadInput(
+        "strength-0",
+        "TCD Scheduler `strength` 0",
+        set_input("scheduler", strength=0.0),
+        "scheduler",
+        ("Value 0.0 smaller than min of 0.01", "strength"),
+        "Prompt refused (HTTP 400) on the TCD Scheduler node: `Value 0.0 smaller than min of 0.01: strength`",
+        input_name="strength",
+        rejected=True,
+    ),
+    BadInput(
+        "strength-above-1",
+        "TCD Scheduler `strength` above 1 (1.5)",
+        set_input("scheduler", strength=1.5),
+        "scheduler",
+        ("Value 1.5 bigger than max of 1.0", "strength"),
+        "Prompt refused (HTTP 400) on the TCD Scheduler node: `Value 1.5 bigger than max of 1.0: strength`",
+        input_name="strength",
+        rejected=True,
+    ),
+    BadInput(
+        "sigmas-single-value",
+        "One sigma into SamplerCustom with TCD Sampler (SplitSigmas step 0, high half)",
+        sigmas_through("SplitSigmas", 0, step=0),
+        "sample",
+        ("TCD Sampler: sigmas must hold at least 2 values (a start and an end), got 1",),
+        "Error in SamplerCustom: `TCD Sampler: sigmas must hold at least 2 values (a start and an end), got 1`",
+    ),
+    BadInput(
+        "sigmas-not-descending",
+        "Ascending sigmas into SamplerCustom with TCD Sampler (FlipSigmas)",
+        sigmas_through("FlipSigmas", 0),
+        "sample",
+        ("TCD Sampler: sigmas must be strictly descending, but sigma[1]=", "does not fall below sigma[0]=0.0001"),
+        "Error in SamplerCustom: `TCD Sampler: sigmas must be strictly descending, but sigma[1]=1.61289 does "
+        "not fall below sigma[0]=0.0001`",
+    ),
+    BadInput(
+        "lora-other-family",
+        "TCD LoRA Loader `tcd_lora`: an SDXL LoRA on an SD1.5 checkpoint",
+        tcd_lora("tcd-test-lora-sdxl.safetensors"),
+        "lora",
+        (
+            "TCD LoRA Loader tcd_lora: LoRA 'tcd-test-lora-sdxl.safetensors' patches nothing in this model",
+            "it was made for another model family (e.g. an SDXL LoRA on an SD1.5 checkpoint)",
+        ),
+        "Error in TCD LoRA Loader: `TCD LoRA Loader tcd_lora: LoRA 'tcd-test-lora-sdxl.safetensors' patches "
+        "nothing in this model (628 modules, none match): it was made for another model family (e.g. an SDXL "
+        "LoRA on an SD1.5 checkpoint)`",
+    ),
+    BadInput(
+        "lora-corrupt-file",
+        "TCD LoRA Loader `tcd_lora`: a truncated .safetensors file",
+        tcd_lora("corrupt.safetensors"),
+        "lora",
+        ("TCD LoRA Loader tcd_lora: LoRA 'corrupt.safetensors' could not be read (SafetensorError:",),
+        "Error in TCD LoRA Loader: `TCD LoRA Loader tcd_lora: LoRA 'corrupt.safetensors' could not be read "
+        "(SafetensorError: Error while deserializing header: incomplete metadata, file not fully covered)`",
+    ),
+    BadInput(
+        "lora-not-a-lora",
+        "TCD LoRA Loader `tcd_lora`: a .safetensors file that is not a LoRA",
+        tcd_lora("not-a-lora.safetensors"),
+        "lora",
+        ("TCD LoRA Loader tcd_lora: 'not-a-lora.safetensors' is not a LoRA", "has LoRA weight keys"),
+        "Error in TCD LoRA Loader: `TCD LoRA Loader tcd_lora: 'not-a-lora.safetensors' is not a LoRA: none of "
+        "its 3 tensors has LoRA weight keys`",
+    ),
+    BadInput(
+        "lora-path-traversal",
+        "TCD LoRA Loader `tcd_lora` `../checkpoints/tcd-test-sd15.safetensors` (outside the loras folders)",
+        tcd_lora("../checkpoints/" + CKPT),
+        "lora",
+        (
+            f"TCD LoRA Loader tcd_lora: LoRA '../checkpoints/{CKPT}' is not in ComfyUI's loras folders",
+            "pick one from the list",
+        ),
+        f"Error in TCD LoRA Loader: `TCD LoRA Loader tcd_lora: LoRA '../checkpoints/{CKPT}' is not in "
+        "ComfyUI's loras folders; pick one from the list` (nothing is read)",
+    ),
+    BadInput(
+        "latent-nan",
+        "A latent holding NaN (LoadLatent of a .latent file) into SamplerCustom with TCD Sampler",
+        nan_latent,
+        "sample",
+        ("TCD Sampler: the latent to sample holds NaN or infinite values", "check the nodes that made it"),
+        "Error in SamplerCustom: `TCD Sampler: the latent to sample holds NaN or infinite values; check the "
+        "nodes that made it` (before any model call)",
+    ),
+)
+
+# Not an error: ComfyUI's guider (CFGGuider.sample) returns the latent unchanged for empty sigmas
+# before any sampler runs, so TCD Sampler never sees them. Tested as it is, and documented.
+EMPTY_SIGMAS_BAD_INPUT = "Empty sigmas into SamplerCustom with TCD Sampler (SplitSigmas past the end, low half)"
+EMPTY_SIGMAS_SHOWN = (
+    "No error: ComfyUI returns the latent unchanged before any sampler runs (TCD Sampler is never called), "
+    "so the image is the decoded input latent"
+)
+
+
+def markdown_table() -> str:
+    """The README's table of bad inputs: | bad input | what the user sees |."""
+    rows = [(case.bad_input, case.shown) for case in BAD_INPUTS] + [(EMPTY_SIGMAS_BAD_INPUT, EMPTY_SIGMAS_SHOWN)]
+    lines = ["| bad input | what the user sees |", "|---|---|"]
+    lines += [f"| {bad} | {shown.replace('|', '&#124;')} |" for bad, shown in rows]
+    return "\n".join(lines)
+
+
+# --- talking to the server -----------------------------------------------------------------------
+
+
+def submit(server: ComfyServer, graph: Graph) -> tuple[int, dict]:
+    """POST /prompt: (HTTP status, ComfyUI's JSON answer), without raising on a refusal."""
+    try:
+        return 200, server.post_json("/prompt", {"prompt": graph, "client_id": server.client_id})
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read().decode())
+
+
+def finished(server: ComfyServer, prompt_id: str, timeout: float = 300.0) -> dict:
+    """The /history entry of a prompt once it has finished, successfully or not."""
+    deadline = time.monotonic() + timeout
+    while True:
+        entry = server.history(prompt_id)
+        if entry is not None and entry.get("status", {}).get("completed") is not None:
+            return entry
+        assert server.running, f"ComfyUI died while running {prompt_id}\n{server.log_tail()}"
+        assert time.monotonic() < deadline, f"prompt {prompt_id} did not finish in {timeout:.0f} s"
+        time.sleep(0.1)
+
+
+def execution_error(entry: dict) -> dict:
+    errors = [data for event, data in entry["status"].get("messages", []) if event == "execution_error"]
+    assert len(errors) == 1, f"expected one execution_error, got status {json.dumps(entry['status'])[:3000]}"
+    return errors[0]
+
+
+def saved_image(server: ComfyServer, entry: dict) -> np.ndarray:
+    (path,) = server.output_images(entry, "save")
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def assert_still_runs_a_good_graph(server: ComfyServer) -> None:
+    entry = server.run(tcd_graph(steps=1, prefix="tcd-bad-inputs-good"), timeout=300)
+    assert entry["status"]["status_str"] == "success"
+    pixels = saved_image(server, entry)
+    assert pixels.shape == (64, 64, 3)
+
+
+# --- the tests ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=[case.case for case in BAD_INPUTS])
+def test_bad_input_gives_a_clear_error_and_the_server_keeps_working(comfy_server: ComfyServer, case: BadInput) -> None:
+    for fragment in case.expected:
+        assert fragment in case.shown, f"the README table's text for {case.case} lacks {fragment!r}"
+    graph = tcd_graph()
+    case.change(graph, comfy_server)
+    class_type = graph[case.node]["class_type"]
+    status, answer = submit(comfy_server, graph)
+
+    if case.rejected:
+        assert status == 400, f"{case.case}: expected a validation error, got HTTP {status}: {answer}"
+        assert answer["error"]["type"] == "prompt_outputs_failed_validation", answer
+        node_error = answer["node_errors"].get(case.node)
+        assert node_error is not None, f"{case.case}: the error is not on node {case.node!r}: {answer}"
+        assert node_error["class_type"] == class_type
+        errors = [e for e in node_error["errors"] if e["extra_info"].get("input_name") == case.input_name]
+        assert errors, f"{case.case}: no error names input {case.input_name!r}: {node_error}"
+        seen = [f"{e['message']}: {e['details']}" for e in errors]
+        assert any(all(fragment in text for fragment in case.expected) for text in seen), (case.expected, seen)
+    else:
+        assert status == 200, f"{case.case}: validation refused a graph that should fail at execution: {answer}"
+        entry = finished(comfy_server, answer["prompt_id"])
+        assert entry["status"]["status_str"] == "error", entry["status"]
+        error = execution_error(entry)
+        assert (error["node_id"], error["node_type"]) == (case.node, class_type), error
+        message = error["exception_message"]
+        for fragment in case.expected:
+            assert fragment in message, f"{case.case}: {fragment!r} not in {message!r}"
+        assert "Traceback" not in message
+
+    assert_still_runs_a_good_graph(comfy_server)
+
+
+def test_empty_sigmas_return_the_latent_unchanged_before_tcd_runs(comfy_server: ComfyServer) -> None:
+    """SplitSigmas past the end gives empty low sigmas. ComfyUI's CFGGuider.sample returns the latent as it
+    is for empty sigmas before calling any sampler, so this is not an error: the image is the decoded input."""
+    graph = tcd_graph(steps=2)
+    sigmas_through("SplitSigmas", 1, step=10)(graph, comfy_server)
+    entry = comfy_server.run(graph, timeout=300)
+    unsampled = tcd_graph(prefix="tcd-bad-inputs-unsampled")
+    unsampled["decode"]["inputs"]["samples"] = ["latent", 0]
+    for node in ("scheduler", "tcd", "sample"):
+        del unsampled[node]
+    expected = saved_image(comfy_server, comfy_server.run(unsampled, timeout=300))
+    np.testing.assert_array_equal(saved_image(comfy_server, entry), expected)
+    assert_still_runs_a_good_graph(comfy_server)
+
+
+def test_readme_table_lists_every_case() -> None:
+    table = markdown_table()
+    assert table.count("\n") == len(BAD_INPUTS) + 2
+    assert len({case.case for case in BAD_INPUTS}) == len(BAD_INPUTS)
+
+
+if __name__ == "__main__":
+    print(markdown_table())
