@@ -1,4 +1,7 @@
-"""The main job: a TCD text-to-image workflow executed headless through a real ComfyUI server.
+"""The main job: a TCD example workflow executed headless through a real ComfyUI server.
+
+The workflow file (default workflows/tcd_sd15_text_to_image.json) is converted from the UI format
+with workflow_tools against the server's own /object_info, then run.
 
 Uses the user's checkpoint and TCD LoRA when $COMFYUI_PATH/models holds them (any checkpoint,
 and a LoRA whose name contains "tcd"); otherwise random-weight SD1.5 models built at run time
@@ -19,8 +22,14 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
+sys.path.insert(0, str(REPO_ROOT))
+
 from comfy_host import ComfyServer, comfyui_path  # noqa: E402
 from model_files import default_models_dir, ensure_test_models  # noqa: E402
+
+from workflow_tools import merged_object_info, to_api  # noqa: E402
+
+DEFAULT_WORKFLOW = REPO_ROOT / "workflows" / "tcd_sd15_text_to_image.json"
 
 TIMINGS: list[tuple[str, float]] = []
 
@@ -43,46 +52,27 @@ def real_models(models_root: Path) -> tuple[str, str] | None:
     return None
 
 
-def tcd_txt2img(ckpt: str, lora: str, *, prompt: str, seed: int, steps: int, gamma: float, size: int) -> dict:
-    """API-format graph: checkpoint -> TCD LoRA Loader -> TCD Sampler + TCD Scheduler (CFG 1) -> image."""
-    return {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        "lora": {
-            "class_type": "TrajectoryConsistencyLoraLoader",
-            "inputs": {
-                "model": ["ckpt", 0],
-                "clip": ["ckpt", 1],
-                "tcd_lora": lora,
-                "tcd_lora_strength": 1.0,
-                **{f"style_lora_{i}": "None" for i in (1, 2, 3)},
-                **{f"style_lora_{i}_strength": 1.0 for i in (1, 2, 3)},
-            },
-        },
-        "prompt": {"class_type": "CLIPTextEncode", "inputs": {"text": prompt, "clip": ["lora", 1]}},
-        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
-        "noise": {"class_type": "RandomNoise", "inputs": {"noise_seed": seed}},
-        "guider": {"class_type": "BasicGuider", "inputs": {"model": ["lora", 0], "conditioning": ["prompt", 0]}},
-        "sampler": {
-            "class_type": "TrajectoryConsistencySampler",
-            "inputs": {"gamma": gamma, "gamma_schedule": "constant", "gamma_end": gamma, "gamma_list": "", "order": 1},
-        },
-        "sigmas": {
-            "class_type": "TrajectoryConsistencyScheduler",
-            "inputs": {"model": ["lora", 0], "steps": steps, "original_inference_steps": 50, "strength": 1.0},
-        },
-        "sample": {
-            "class_type": "SamplerCustomAdvanced",
-            "inputs": {
-                "noise": ["noise", 0],
-                "guider": ["guider", 0],
-                "sampler": ["sampler", 0],
-                "sigmas": ["sigmas", 0],
-                "latent_image": ["latent", 0],
-            },
-        },
-        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["ckpt", 2]}},
-        "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": "tcd"}},
-    }
+def api_prompt(workflow_path: Path, object_info: dict, ckpt: str, lora: str, args: argparse.Namespace) -> dict:
+    """The example workflow in API format, with the chosen models and the command line's settings."""
+    workflow = json.loads(workflow_path.read_text())
+    prompt = to_api(workflow, merged_object_info([object_info]))
+    for node in prompt.values():
+        inputs, kind = node["inputs"], node["class_type"]
+        if kind == "CheckpointLoaderSimple":
+            inputs["ckpt_name"] = ckpt
+        elif kind == "TrajectoryConsistencyLoraLoader":
+            inputs["tcd_lora"] = lora
+        elif kind == "EmptyLatentImage" and args.size:
+            inputs["width"] = inputs["height"] = args.size
+        elif kind == "RandomNoise":
+            inputs["noise_seed"] = args.seed
+        elif kind == "TrajectoryConsistencyScheduler":
+            inputs["steps"] = args.steps
+        elif kind == "TrajectoryConsistencySampler":
+            inputs["gamma"] = args.gamma
+        elif kind == "CLIPTextEncode" and args.prompt and inputs.get("text"):
+            inputs["text"] = args.prompt  # the positive prompt: the negative one is empty at CFG 1
+    return prompt
 
 
 def image_stats(path: Path) -> str:
@@ -95,11 +85,12 @@ def image_stats(path: Path) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prompt", default="a papercut fox in a forest, best quality")
+    parser.add_argument("--workflow", type=Path, default=DEFAULT_WORKFLOW, help="a UI-format workflow")
+    parser.add_argument("--prompt", default=None, help="replace the workflow's positive prompt")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--gamma", type=float, default=0.3)
-    parser.add_argument("--size", type=int, default=None, help="pixels (default 1024 real SDXL/512 real, 64 random)")
+    parser.add_argument("--size", type=int, default=None, help="pixels (default: the workflow's; 64 on random models)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "out", help="folder for the image")
     args = parser.parse_args()
 
@@ -114,15 +105,16 @@ def main() -> int:
             models_dir = default_models_dir()
             ckpt, lora = paths["checkpoint_sd15"].name, paths["lora_sd15"].name
             print(f"[run] no real checkpoint + TCD LoRA in {comfy / 'models'}: random-weight SD1.5 test models")
-    size = args.size or (512 if found else 64)
-    graph = tcd_txt2img(ckpt, lora, prompt=args.prompt, seed=args.seed, steps=args.steps, gamma=args.gamma, size=size)
+    args.size = args.size or (None if found else 64)
 
     with stage("server start"):
         server = ComfyServer(models_dir=models_dir).start()
     try:
-        with stage(f"workflow ({args.steps} TCD steps, {size}x{size})"):
-            entry = server.run(graph, timeout=3600)
-        images = server.output_images(entry, "save")
+        with stage("convert workflow"):
+            prompt = api_prompt(args.workflow, server.object_info(), ckpt, lora, args)
+        with stage(f"workflow {args.workflow.name} ({args.steps} TCD steps)"):
+            entry = server.run(prompt, timeout=3600)
+        images = server.output_images(entry)
         args.out.mkdir(parents=True, exist_ok=True)
         target = args.out / images[0].name
         shutil.copy(images[0], target)

@@ -18,6 +18,7 @@ log = logging.getLogger("comfyui-tcd-sampling")
 # With KSampler's denoise, the schedule is computed for steps / denoise steps: past the reference's
 # 50-point grid, the grid grows with the step count instead of failing.
 DEFAULT_ORIGINAL_STEPS = 50
+DEFAULT_GAMMA = tcd_core.GammaSchedule.constant(0.3)  # the reference's eta; KSampler's `tcd` uses it
 
 
 def _on_device_of(model_sampling: torch.nn.Module, fn: Any) -> Any:
@@ -88,7 +89,7 @@ def sample_tcd(
     callback: Any = None,
     disable: bool | None = None,
     noise_sampler: Any = None,
-    gamma: float | tcd_core.GammaSchedule = 0.3,
+    gamma: float | tcd_core.GammaSchedule = DEFAULT_GAMMA,
     order: int = 1,
 ) -> Tensor:
     """tcd_core's SSS loop on a ComfyUI model: its own model_sampling and the seeded noise of ComfyUI."""
