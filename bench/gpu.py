@@ -23,7 +23,15 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import REPO_ROOT, count_syncs, import_comfy_and_pack, interleaved_medians, median, spread  # noqa: E402
+from harness import (  # noqa: E402
+    REPO_ROOT,
+    count_syncs,
+    import_comfy_and_pack,
+    interleaved_medians,
+    median,
+    paired_ratio,
+    spread,
+)
 
 
 def model_builder() -> Any:
@@ -106,7 +114,14 @@ def main() -> int:
             t = median(times[label])
             print(f"  {label:<16} {t * 1e3:8.1f} ms  spread {spread(times[label]) if repeats > 3 else 0:5.1%}  "
                   f"{t / lcm:6.3f}x lcm  {t / median(times['euler_ancestral']):6.3f}x euler_ancestral")  # fmt: skip
-            results["runs"][f"{label}, {steps} steps"] = {"median_s": t, "all_s": times[label]}
+            ratio, ratio_spread = paired_ratio(times[label], times["lcm"])
+            print(f"  {'':<16} paired per-round ratio to lcm: {ratio:.3f} +- {ratio_spread:.3f}")
+            results["runs"][f"{label}, {steps} steps"] = {
+                "median_s": t,
+                "all_s": times[label],
+                "paired_ratio_to_lcm": ratio,
+                "paired_ratio_half_iqr": ratio_spread,
+            }
         if not cpu:
             for label in ("lcm", "tcd order 1"):
                 syncs = count_syncs(runs[label])

@@ -105,6 +105,19 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def paired_ratio(values: list[float], baseline: list[float]) -> tuple[float, float]:
+    """Median and half-IQR of the per-round ratios values[i] / baseline[i].
+
+    Interleaved runs of one round share the machine's state, so their ratio cancels slow drifts
+    (clocks, other load) that widen the spread of either timing alone.
+    """
+    ratios = [a / b for a, b in zip(values, baseline, strict=True)]
+    if len(ratios) < 4:
+        return statistics.median(ratios), 0.0
+    q = statistics.quantiles(ratios, n=4)
+    return statistics.median(ratios), (q[2] - q[0]) / 2
+
+
 def spread(values: list[float]) -> float:
     """Half the interquartile range relative to the median: the run-to-run noise."""
     q = statistics.quantiles(values, n=4)
