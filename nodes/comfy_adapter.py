@@ -18,6 +18,7 @@ log = logging.getLogger("comfyui-tcd-sampling")
 # With KSampler's denoise, the schedule is computed for steps / denoise steps: past the reference's
 # 50-point grid, the grid grows with the step count instead of failing.
 DEFAULT_ORIGINAL_STEPS = 50
+MAX_GRID_STEPS = 1000  # the models' training timesteps: the finest grid there is
 DEFAULT_GAMMA = tcd_core.GammaSchedule.constant(0.3)  # the reference's eta; KSampler's `tcd` uses it
 
 
@@ -74,7 +75,12 @@ def tcd_sigmas(
 
 def ksampler_tcd_scheduler(model_sampling: Any, steps: int) -> Tensor:
     """The `tcd` entry of KSampler's scheduler list (original_inference_steps 50, grown past 50 steps)."""
-    original = max(DEFAULT_ORIGINAL_STEPS, min(steps, 1000))
+    if steps > MAX_GRID_STEPS:  # KSampler asks for int(steps / denoise): 11 steps at denoise 0.01 ask for 1100
+        raise tcd_core.TCDInputError(
+            f"KSampler scheduler 'tcd': {steps} schedule steps asked for (steps / denoise when denoise is below 1), "
+            f"but TCD's grid has at most {MAX_GRID_STEPS} timesteps: lower steps or raise denoise"
+        )
+    original = max(DEFAULT_ORIGINAL_STEPS, min(steps, MAX_GRID_STEPS))
     if original != DEFAULT_ORIGINAL_STEPS:
         log.info("tcd scheduler: %d steps exceed the 50-point TCD grid; using a %d-point grid", steps, original)
     return tcd_sigmas(model_sampling, steps, original)
