@@ -106,6 +106,26 @@ def tcd_lora(name: str) -> Callable[[Graph, ComfyServer], None]:
     return change
 
 
+def ksampler_tcd(steps: int, denoise: float) -> Callable[[Graph, ComfyServer], None]:
+    """KSampler with sampler and scheduler `tcd` in place of SamplerCustom."""
+
+    def change(graph: Graph, _server: ComfyServer) -> None:
+        inputs = graph["sample"]["inputs"]
+        graph["sample"] = {
+            "class_type": "KSampler",
+            "inputs": {
+                **{name: inputs[name] for name in ("model", "positive", "negative", "latent_image", "cfg")},
+                "seed": inputs["noise_seed"],
+                "steps": steps,
+                "sampler_name": "tcd",
+                "scheduler": "tcd",
+                "denoise": denoise,
+            },
+        }
+
+    return change
+
+
 def nan_latent(graph: Graph, server: ComfyServer) -> None:
     """A .latent file (SaveLatent's format) holding one NaN, loaded with LoadLatent from the input folder."""
     import safetensors.torch
@@ -306,6 +326,18 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         ),
         f"Error in TCD LoRA Loader: `TCD LoRA Loader tcd_lora: LoRA '../checkpoints/{CKPT}' is not in "
         "ComfyUI's loras folders; pick one from the list` (nothing is read)",
+    ),
+    BadInput(
+        "ksampler-denoise-past-grid",
+        "KSampler `tcd`/`tcd` with `steps` 11 and `denoise` 0.01 (KSampler asks for 11 / 0.01 = 1100 steps)",
+        ksampler_tcd(steps=11, denoise=0.01),
+        "sample",
+        (
+            "KSampler scheduler 'tcd': 1100 schedule steps asked for (steps / denoise when denoise is below 1)",
+            "TCD's grid has at most 1000 timesteps: lower steps or raise denoise",
+        ),
+        "Error in KSampler: `KSampler scheduler 'tcd': 1100 schedule steps asked for (steps / denoise when "
+        "denoise is below 1), but TCD's grid has at most 1000 timesteps: lower steps or raise denoise`",
     ),
     BadInput(
         "latent-nan",
