@@ -151,13 +151,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=200)
-    parser.add_argument("--e2e-size", type=int, default=256)
-    parser.add_argument("--e2e-repeats", type=int, default=5)
+    parser.add_argument("--e2e-size", type=int, default=64, help="pixels of the end-to-end KSampler runs")
+    parser.add_argument("--e2e-repeats", type=int, default=15)
     parser.add_argument("--skip-e2e", action="store_true")
+    parser.add_argument("--skip-overhead", action="store_true")
     args = parser.parse_args()
     pack = import_comfy_and_pack(cpu=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
-    ok = overhead(pack, args.steps, args.repeats)
+    ok = True
+    if not args.skip_overhead:
+        ok &= overhead(pack, args.steps, args.repeats)
     if not args.skip_e2e:
         ok &= end_to_end([4, 8], args.e2e_size, args.e2e_repeats)
     ok &= calls_and_memory(pack, args.steps)

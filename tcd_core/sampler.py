@@ -49,7 +49,7 @@ def sample_tcd(
     extra_args = {} if extra_args is None else extra_args
     schedule = gamma if isinstance(gamma, GammaSchedule) else GammaSchedule.constant(gamma)
     plan = plan_steps(sigmas, schedule, space, order)
-    if not torch.isfinite(x.sum(dtype=torch.float32)):  # one reduction: NaN or Inf anywhere makes it so
+    if not torch.isfinite(torch.stack(torch.aminmax(x))).all():  # one pass; NaN and +-Inf reach min or max
         raise TCDInputError("the latent to sample holds NaN or infinite values; check the nodes that made it")
     if noise_sampler is None:
         noise_sampler = lambda sigma, sigma_next: torch.randn_like(x)  # noqa: E731

@@ -179,6 +179,13 @@ def test_a_latent_with_nan_or_inf_is_refused_before_any_model_call(bad: float) -
     assert model.calls == 0
 
 
+def test_huge_but_finite_latent_is_not_mistaken_for_nan() -> None:
+    model = CountingDenoiser(LatentForm.VE)
+    x = torch.full((1, 4, 8, 8), 3e38)
+    tcd_core.sample_tcd(model, x, torch.tensor([14.6, 0.0]), disable=True)
+    assert model.calls == 1
+
+
 def test_gamma_list_parsing() -> None:
     assert tcd_core.parse_gamma_list("0.5, 0.4;0.3 0.2") == (0.5, 0.4, 0.3, 0.2)
     for bad, message in [("", "empty"), ("0.3, x", "entry 2 is 'x'"), ("0.3, 1.2", r"entry 2 must be in \[0, 1\]")]:
