@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from comfy_host import ComfyServer
+from comfy_host import REPO_ROOT, ComfyServer
 from PIL import Image
 
 CKPT = "tcd-test-sd15.safetensors"
@@ -464,6 +464,8 @@ def test_readme_table_lists_every_case() -> None:
     table = markdown_table()
     assert table.count("\n") == len(BAD_INPUTS) + 2
     assert len({case.case for case in BAD_INPUTS}) == len(BAD_INPUTS)
+    stale = "README.md's table is stale: paste the output of `python tests/test_bad_inputs.py`"
+    assert table in (REPO_ROOT / "README.md").read_text(), stale
 
 
 if __name__ == "__main__":
