@@ -147,6 +147,43 @@ def test_ksampler_denoise_below_one_with_tcd_scheduler(comfy: Comfy, sd15: Simpl
         assert not torch.equal(out, start)
 
 
+def test_ksampler_registration_is_idempotent_and_in_place(comfy: Comfy) -> None:
+    from comfy import samplers
+
+    lists = [samplers.KSAMPLER_NAMES, samplers.SAMPLER_NAMES, samplers.SCHEDULER_NAMES]
+    before = [id(names) for names in lists]
+    comfy.pack_nodes.register_tcd_in_ksampler()
+    comfy.pack_nodes.register_tcd_in_ksampler()
+    assert [id(names) for names in lists] == before  # appended in place: other modules hold these lists
+    assert all(names.count("tcd") == 1 for names in lists)
+    assert samplers.KSampler.SAMPLERS is samplers.SAMPLER_NAMES
+
+
+def test_another_packs_tcd_registration_is_kept(comfy: Comfy, caplog: pytest.LogCaptureFixture) -> None:
+    """A `tcd` another pack registered first stays active (and is named in the log); nothing is duplicated."""
+    from comfy import samplers
+    from comfy.k_diffusion import sampling as k_diffusion_sampling
+
+    ours_sampler = k_diffusion_sampling.sample_tcd
+    ours_scheduler = samplers.SCHEDULER_HANDLERS["tcd"]
+
+    def other_sample_tcd(model, x, sigmas, **kwargs):  # stands in for another pack's function
+        return x
+
+    try:
+        k_diffusion_sampling.sample_tcd = other_sample_tcd
+        samplers.SCHEDULER_HANDLERS["tcd"] = samplers.SchedulerHandler(lambda ms, steps: None)
+        with caplog.at_level("WARNING", logger="comfyui-tcd-sampling"):
+            comfy.pack_nodes.register_tcd_in_ksampler()
+        assert k_diffusion_sampling.sample_tcd is other_sample_tcd
+        assert samplers.SAMPLER_NAMES.count("tcd") == 1
+        assert "KSampler sampler 'tcd' comes from" in caplog.text
+        assert "KSampler scheduler 'tcd' comes from" in caplog.text
+    finally:
+        k_diffusion_sampling.sample_tcd = ours_sampler
+        samplers.SCHEDULER_HANDLERS["tcd"] = ours_scheduler
+
+
 def test_seed_reproduces_and_another_seed_differs(comfy: Comfy, sd15: SimpleNamespace) -> None:
     sigmas = tcd_sigmas(comfy, sd15.model)
     first = sample_custom(comfy, sd15, tcd_sampler(comfy), sigmas)

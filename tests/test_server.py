@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -38,6 +39,16 @@ def test_ksampler_lists_offer_tcd(comfy_server: ComfyServer) -> None:
     samplers, schedulers = required["sampler_name"][0], required["scheduler"][0]
     assert samplers.count("tcd") == 1 and schedulers.count("tcd") == 1
     assert "lcm" in samplers and "karras" in schedulers  # appended, not replaced
+
+
+def test_template_browser_lists_the_example_workflows(comfy_server: ComfyServer) -> None:
+    """ComfyUI's template browser reads /workflow_templates and serves each pack's workflows/ files."""
+    stems = sorted(path.stem for path in (REPO_ROOT / "workflows").glob("*.json"))
+    assert len(stems) >= 8
+    listed = comfy_server.get_json("/workflow_templates")
+    assert sorted(listed[comfy_server.pack_link.name]) == stems
+    served = comfy_server.get_json(f"/api/workflow_templates/{comfy_server.pack_link.name}/{stems[0]}.json")
+    assert served == json.loads((REPO_ROOT / "workflows" / f"{stems[0]}.json").read_text())
 
 
 def test_main_job_writes_a_finite_image(tmp_path: Path, test_models: dict) -> None:
