@@ -497,6 +497,24 @@ def tcd_sample(
     g.add("SaveImage", 6, images=decode[0], filename_prefix=prefix)
 
 
+def controlnet_sample(g: Graph, p: Pipeline, controlnet: Model, image: Out, *, prefix: str) -> None:
+    """ControlNet at the official demo's strength 0.5 on the prompt, then a 1024x1024 TCD sample."""
+    control = g.add("ControlNetLoader", 2, control_net_name=controlnet.name, models=(controlnet,))
+    apply = g.add(
+        "ControlNetApplyAdvanced",
+        3,
+        positive=p.positive,
+        negative=p.negative,
+        control_net=control[0],
+        image=image,
+        strength=0.5,
+        start_percent=0.0,
+        end_percent=1.0,
+    )
+    latent = g.add("EmptyLatentImage", 4, width=1024, height=1024, batch_size=1, row=100)
+    tcd_sample(g, p, latent[0], positive=apply[0], negative=apply[1], prefix=prefix)
+
+
 def sdxl_text_to_image(info: ObjectInfo) -> Graph:
     g = Graph(info, "tcd_sdxl_text_to_image")
     models = (SDXL_BASE, TCD_SDXL)
@@ -545,20 +563,7 @@ def sdxl_controlnet_canny(info: ObjectInfo) -> Graph:
     image = g.add("LoadImage", 1, title="Image for edges", image=CANNY_SOURCE)
     canny = g.add("Canny", 2, image=image[0], low_threshold=0.4, high_threshold=0.8)
     g.add("PreviewImage", 3, title="Canny edges", images=canny[0], row=100)
-    control = g.add("ControlNetLoader", 2, control_net_name=CANNY_SDXL.name, models=(CANNY_SDXL,))
-    apply = g.add(
-        "ControlNetApplyAdvanced",
-        3,
-        positive=p.positive,
-        negative=p.negative,
-        control_net=control[0],
-        image=canny[0],
-        strength=0.5,
-        start_percent=0.0,
-        end_percent=1.0,
-    )
-    latent = g.add("EmptyLatentImage", 4, width=1024, height=1024, batch_size=1, row=100)
-    tcd_sample(g, p, latent[0], positive=apply[0], negative=apply[1], prefix="tcd/sdxl_canny")
+    controlnet_sample(g, p, CANNY_SDXL, canny[0], prefix="tcd/sdxl_canny")
     return g
 
 
@@ -576,20 +581,7 @@ def sdxl_controlnet_depth(info: ObjectInfo) -> Graph:
     )
     p = tcd_base(g, SDXL_BASE, TCD_SDXL, prompt="a stormtrooper giving a lecture in a university hall, best quality")
     depth = g.add("LoadImage", 1, title="Depth map", image=DEPTH_MAP)
-    control = g.add("ControlNetLoader", 2, control_net_name=DEPTH_SDXL.name, models=(DEPTH_SDXL,))
-    apply = g.add(
-        "ControlNetApplyAdvanced",
-        3,
-        positive=p.positive,
-        negative=p.negative,
-        control_net=control[0],
-        image=depth[0],
-        strength=0.5,
-        start_percent=0.0,
-        end_percent=1.0,
-    )
-    latent = g.add("EmptyLatentImage", 4, width=1024, height=1024, batch_size=1, row=100)
-    tcd_sample(g, p, latent[0], positive=apply[0], negative=apply[1], prefix="tcd/sdxl_depth")
+    controlnet_sample(g, p, DEPTH_SDXL, depth[0], prefix="tcd/sdxl_depth")
     return g
 
 

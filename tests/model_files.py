@@ -33,6 +33,11 @@ def _builder():
     return module
 
 
+def sd15_unet_config() -> dict:
+    """ComfyUI's SD1.5 UNet config, as the test checkpoint is built with it."""
+    return dict(_builder().SD15_UNET_CONFIG)
+
+
 def ensure_test_models(out_dir: Path | str | None = None, timeout: float = 900.0) -> dict[str, Path]:
     """Builds whatever test model is missing or outdated in out_dir; returns {key: file path}."""
     out_dir = Path(out_dir) if out_dir is not None else default_models_dir()

@@ -20,30 +20,20 @@ import torch
 from comfy_inprocess import PACK_NODE_IDS, Comfy, load_comfy, run_node
 from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
-from model_files import default_models_dir
+from model_files import default_models_dir, sd15_unet_config
 
 SAMPLER, SCHEDULER = "TrajectoryConsistencySampler", "TrajectoryConsistencyScheduler"
 CONTEXT_DIM = 32
 # ComfyUI's SD1.5 UNet layout, shrunk: one level, 32 channels, one transformer block (about 250k weights).
 TINY_UNET_CONFIG = {
-    "use_checkpoint": False,
-    "image_size": 32,
-    "out_channels": 4,
-    "use_spatial_transformer": True,
-    "legacy": False,
-    "adm_in_channels": None,
-    "in_channels": 4,
+    **sd15_unet_config(),
     "model_channels": 32,
     "num_res_blocks": [1],
     "transformer_depth": [1],
     "channel_mult": [1],
-    "transformer_depth_middle": 1,
-    "use_linear_in_transformer": False,
     "context_dim": CONTEXT_DIM,
     "num_heads": 2,
     "transformer_depth_output": [1, 1],
-    "use_temporal_attention": False,
-    "use_temporal_resblock": False,
 }
 MAX_SAMPLED_STEPS = 10  # sampling draws at most this many steps (the scheduler alone takes the full range)
 
