@@ -5,7 +5,7 @@ from __future__ import annotations
 import folder_paths
 from comfy_api.latest import io
 
-from .lora_stack import NONE, apply_lora
+from .lora_stack import NONE, apply_lora, unlisted_lora_message
 
 STYLE_SLOTS = 3
 
@@ -67,6 +67,29 @@ class TCDLoraLoader(io.ComfyNode):
                 io.Clip.Output(tooltip="The text encoder with the LoRAs' text-encoder weights (None without CLIP)."),
             ],
         )
+
+    @classmethod
+    def validate_inputs(
+        cls,
+        tcd_lora: str | None = None,
+        style_lora_1: str | None = None,
+        style_lora_2: str | None = None,
+        style_lora_3: str | None = None,
+    ) -> bool | str:
+        """Refuse names outside the loras folders before the graph runs (HTTP 400 naming the input).
+
+        Declaring these inputs here replaces ComfyUI's own list check of them (which 0.3.x does not do for
+        V3 combos anyway), so every ComfyUI version gives the same answer. Linked values arrive as None.
+        """
+        names = {"tcd_lora": tcd_lora, "style_lora_1": style_lora_1}
+        names |= {"style_lora_2": style_lora_2, "style_lora_3": style_lora_3}
+        for input_name, name in names.items():
+            if name is None or (name == NONE and input_name != "tcd_lora"):
+                continue
+            message = unlisted_lora_message(name)
+            if message is not None:
+                return f"TCD LoRA Loader {input_name}: {message}"
+        return True
 
     @classmethod
     def execute(cls, model, tcd_lora: str, tcd_lora_strength: float, clip=None, **styles) -> io.NodeOutput:

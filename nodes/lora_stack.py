@@ -44,10 +44,18 @@ def lora_modules(lora: dict[str, Any]) -> set[str]:
     return modules
 
 
+def unlisted_lora_message(name: str) -> str | None:
+    """Why ``name`` may not be loaded (it is not a file in ComfyUI's loras folders), or None if it may."""
+    if name in folder_paths.get_filename_list("loras"):
+        return None
+    return f"LoRA {name!r} is not in ComfyUI's loras folders; pick one from the list"
+
+
 def lora_path(name: str) -> str:
     """The file of a LoRA listed in ComfyUI's loras folders; any other name is refused."""
-    if name not in folder_paths.get_filename_list("loras"):
-        raise ValueError(f"LoRA {name!r} is not in ComfyUI's loras folders; pick one from the list")
+    message = unlisted_lora_message(name)
+    if message is not None:
+        raise ValueError(message)
     path = folder_paths.get_full_path("loras", name)
     if path is None:
         raise ValueError(f"LoRA {name!r} is listed but its file is gone; refresh the node")

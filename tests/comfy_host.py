@@ -39,6 +39,7 @@ PACK_DIR_NAME = "comfyui-tcd-sampling"
 # Model folder names that the extra-model-paths file maps into models_dir/<name>.
 MODEL_FOLDERS = ("checkpoints", "loras", "controlnet", "vae", "clip_vision", "ipadapter")
 IMPORT_TIMES_HEADER = "Import times for custom nodes:"
+LOG_LEVEL_PREFIX = re.compile(r"^(?:\x1b\[[0-9;]*m)?\[[A-Z]+\](?:\x1b\[[0-9;]*m)? ?")
 
 # Servers run in their own session (Ctrl-C does not reach them): stop leftovers at exit.
 _RUNNING: weakref.WeakSet[ComfyServer] = weakref.WeakSet()
@@ -83,6 +84,7 @@ def custom_node_imports(log: str) -> dict[str, bool]:
     result: dict[str, bool] = {}
     in_block = False
     for line in log.splitlines():
+        line = LOG_LEVEL_PREFIX.sub("", line)  # ComfyUI 0.33 starts lines with a coloured "[INFO]"
         if IMPORT_TIMES_HEADER in line:
             in_block = True
             continue

@@ -324,8 +324,10 @@ BAD_INPUTS: tuple[BadInput, ...] = (
             f"TCD LoRA Loader tcd_lora: LoRA '../checkpoints/{CKPT}' is not in ComfyUI's loras folders",
             "pick one from the list",
         ),
-        f"Error in TCD LoRA Loader: `TCD LoRA Loader tcd_lora: LoRA '../checkpoints/{CKPT}' is not in "
-        "ComfyUI's loras folders; pick one from the list` (nothing is read)",
+        f"Prompt refused (HTTP 400) on the TCD LoRA Loader node: `TCD LoRA Loader tcd_lora: LoRA "
+        f"'../checkpoints/{CKPT}' is not in ComfyUI's loras folders; pick one from the list` (nothing is read)",
+        input_name="tcd_lora",
+        rejected=True,
     ),
     BadInput(
         "ksampler-denoise-past-grid",

@@ -384,3 +384,17 @@ def test_stack_applies_every_lora_with_its_strength(comfy: Comfy, sd15: SimpleNa
 def test_bad_lora_names_and_files_are_refused(comfy: Comfy, sd15: SimpleNamespace, name: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         lora_loader(comfy, sd15, tcd=name)
+
+
+def test_lora_names_outside_the_loras_folders_are_refused_before_the_graph_runs(comfy: Comfy) -> None:
+    """validate_inputs answers ComfyUI's prompt validation (HTTP 400) for every slot; links (None) wait."""
+    validate = comfy.node("TrajectoryConsistencyLoraLoader").validate_inputs
+    assert validate(tcd_lora=TCD_LORA, style_lora_1="None", style_lora_2="None", style_lora_3="None") is True
+    assert validate(tcd_lora=None, style_lora_1=None) is True  # linked inputs are checked when they arrive
+    outside = "../checkpoints/tcd-test-sd15.safetensors"
+    for slot in ("tcd_lora", "style_lora_2"):
+        message = validate(**{"tcd_lora": TCD_LORA, slot: outside})
+        assert message == (
+            f"TCD LoRA Loader {slot}: LoRA {outside!r} is not in ComfyUI's loras folders; pick one from the list"
+        )
+    assert "tcd_lora: LoRA 'None' is not in" in validate(tcd_lora="None")  # the TCD LoRA itself is required
