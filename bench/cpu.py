@@ -119,6 +119,9 @@ def end_to_end(steps_list: list[int], size: int, repeats: int) -> bool:
 
     ensure_test_models(default_models_dir())
     comfy = load_comfy(default_models_dir())
+    import comfy.utils as comfy_utils
+
+    comfy_utils.PROGRESS_BAR_ENABLED = False  # KSampler's console bar would drown the figures
     model, clip, _ = run_node(comfy.node("CheckpointLoaderSimple"), ckpt_name="tcd-test-sd15.safetensors")
     cond = run_node(comfy.node("CLIPTextEncode"), text="a papercut fox", clip=clip)[0]
     latent = run_node(comfy.node("EmptyLatentImage"), width=size, height=size, batch_size=1)[0]
