@@ -81,8 +81,12 @@ class TCDLoraLoader(io.ComfyNode):
         Declaring these inputs here replaces ComfyUI's own list check of them (which 0.3.x does not do for
         V3 combos anyway), so every ComfyUI version gives the same answer. Linked values arrive as None.
         """
-        names = {"tcd_lora": tcd_lora, "style_lora_1": style_lora_1}
-        names |= {"style_lora_2": style_lora_2, "style_lora_3": style_lora_3}
+        names = {
+            "tcd_lora": tcd_lora,
+            "style_lora_1": style_lora_1,
+            "style_lora_2": style_lora_2,
+            "style_lora_3": style_lora_3,
+        }
         for input_name, name in names.items():
             if name is None or (name == NONE and input_name != "tcd_lora"):
                 continue
