@@ -19,7 +19,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402
-    REPO_ROOT,
     PeakLiveTensorBytes,
     StandInModel,
     discrete_model_sampling,
@@ -113,9 +112,8 @@ def calls_and_memory(pack: Any, steps: int) -> bool:
 
 
 def end_to_end(steps_list: list[int], size: int, repeats: int) -> bool:
-    sys.path.insert(0, str(REPO_ROOT / "tests"))
-    from comfy_inprocess import load_comfy, run_node
-    from model_files import default_models_dir, ensure_test_models
+    from devkit.inprocess import load_comfy, run_node
+    from devkit.model_files import default_models_dir, ensure_test_models
 
     ensure_test_models(default_models_dir())
     comfy = load_comfy(default_models_dir())

@@ -13,7 +13,6 @@ host-device synchronisations counted with torch.cuda.set_sync_debug_mode, peak m
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import time
@@ -24,7 +23,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402
-    REPO_ROOT,
     count_syncs,
     import_comfy_and_pack,
     interleaved_medians,
@@ -35,10 +33,9 @@ from harness import (  # noqa: E402
 
 
 def model_builder() -> Any:
-    spec = importlib.util.spec_from_file_location("tcd_build_test_models", REPO_ROOT / "dev" / "build_test_models.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from devkit import build_test_models
+
+    return build_test_models
 
 
 def build_patcher(unet_config: dict, device: torch.device, dtype: torch.dtype) -> Any:

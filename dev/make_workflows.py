@@ -761,7 +761,7 @@ def build_files(info: ObjectInfo) -> dict[str, str]:
 def _live_object_info() -> dict[str, Any]:
     """/object_info of a ComfyUI started for the purpose (dev/provision.sh's, or $COMFYUI_PATH)."""
     sys.path.insert(0, str(REPO_ROOT / "tests"))
-    from comfy_host import ComfyServer
+    from devkit.host import ComfyServer
 
     with ComfyServer() as server:
         return server.object_info()

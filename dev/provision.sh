@@ -61,7 +61,7 @@ provision_comfyui() {
 }
 
 provision_chromium() {
-  # $TCD_CHROMIUM names another chromium instead (tests/browser_ui.py).
+  # $TCD_CHROMIUM names another chromium instead (devkit/browser.py).
   if [ -n "${TCD_CHROMIUM:-}" ] || [ -x /usr/bin/chromium ]; then return; fi
   if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
     log "no /usr/bin/chromium and no root apt-get to install it: the browser tests will fail"

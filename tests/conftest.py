@@ -6,8 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from comfy_host import ComfyServer
-from model_files import default_models_dir, ensure_test_models
+
+from devkit.host import ComfyServer
+from devkit.model_files import default_models_dir, ensure_test_models
 
 
 @pytest.fixture(scope="session")

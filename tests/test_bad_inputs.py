@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from comfy_host import REPO_ROOT, ComfyServer
 from PIL import Image
+
+from devkit.host import REPO_ROOT, ComfyServer
 
 CKPT = "tcd-test-sd15.safetensors"
 NAN_LATENT = "tcd-test-nan.latent"

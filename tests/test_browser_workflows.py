@@ -30,8 +30,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from browser_ui import ComfyUIPage, seed_ui_settings
-from comfy_host import REPO_ROOT, ComfyServer
+
+from devkit.browser import ComfyUIPage, seed_ui_settings
+from devkit.host import REPO_ROOT, ComfyServer
 
 WORKFLOW_FILES = sorted((REPO_ROOT / "workflows").glob("*.json"))
 SCREENSHOTS_DIR = REPO_ROOT / "docs" / "screenshots"

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from comfy_host import ComfyServer, txt2img_prompt
-from model_files import default_models_dir
 from PIL import Image
+
+from devkit.host import ComfyServer, txt2img_prompt
+from devkit.model_files import default_models_dir
 
 CKPT = "tcd-test-sd15.safetensors"
 SEED = 424242

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from gaussian_mixture import GaussianMixture, flow_alpha, interp, ode_map, ve_alpha
 from torch import Tensor
 
 import tcd_core
+from devkit.gaussian_mixture import GaussianMixture, flow_alpha, interp, ode_map, ve_alpha
 
 # Asymmetric in weights, means and stds, with mean 0 and variance exactly 1 (0.4 * (0.35^2 + 1.05^2)
 # + 0.6 * (0.6^2 + 0.7^2) = 1): ComfyUI's VE start sqrt(1 + sigma_max^2) * N(0, 1) then matches the

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from comfy_host import REPO_ROOT, ComfyServer, ComfyServerError, txt2img_prompt
 from PIL import Image
+
+from devkit.host import REPO_ROOT, ComfyServer, ComfyServerError, txt2img_prompt
 
 
 def _image(server: ComfyServer, entry: dict) -> np.ndarray:

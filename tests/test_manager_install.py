@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from comfy_host import PACK_DIR_NAME, REPO_ROOT, ComfyServer, comfyui_path
+from devkit.host import PACK_DIR_NAME, REPO_ROOT, ComfyServer, comfyui_path
 
 PACK_NODES = ("TrajectoryConsistencySampler", "TrajectoryConsistencyScheduler", "TrajectoryConsistencyLoraLoader")
 # Not copied into the fresh tree: what a user's own install adds (other packs, models, outputs, a venv).

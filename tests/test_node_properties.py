@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 import torch
-from comfy_inprocess import PACK_NODE_IDS, Comfy, load_comfy, run_node
 from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
-from model_files import default_models_dir, sd15_unet_config
+
+from devkit.inprocess import PACK_NODE_IDS, Comfy, load_comfy, run_node
+from devkit.model_files import default_models_dir, sd15_unet_config
 
 SAMPLER, SCHEDULER = "TrajectoryConsistencySampler", "TrajectoryConsistencyScheduler"
 CONTEXT_DIM = 32

@@ -9,9 +9,10 @@ from unittest import mock
 
 import pytest
 import torch
-from comfy_inprocess import Comfy, load_comfy, run_node
 from diffusers import TCDScheduler
-from model_files import default_models_dir
+
+from devkit.inprocess import Comfy, load_comfy, run_node
+from devkit.model_files import default_models_dir
 
 CKPT = "tcd-test-sd15.safetensors"
 TCD_LORA = "tcd-test-lora-sd15.safetensors"

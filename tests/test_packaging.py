@@ -10,7 +10,8 @@ import sys
 
 import pathspec
 import tomllib
-from comfy_host import REPO_ROOT, comfyui_path
+
+from devkit.host import REPO_ROOT, comfyui_path
 
 PUBLISHED_MUST_HOLD = [
     "__init__.py", "LICENSE", "README.md", "CHANGELOG.md", "pyproject.toml", "requirements.txt",

@@ -7,33 +7,22 @@ import itertools
 import pytest
 import torch
 from diffusers import TCDScheduler
-from diffusers_reference import reference_run, relative_error, tcd_core_run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tcd_core
-
-TOLERANCE = 1e-5
-STEPS = [1, 2, 3, 4, 8, 16, 50]
-GAMMAS = [0.0, 0.3, 0.7, 1.0]
-PREDICTIONS = ["epsilon", "v_prediction"]
-STRENGTHS = [1.0, 0.5]
-ORIGINAL_STEPS = [50, 100, 30]
-
-
-def diffusers_timesteps(steps: int, original_steps: int, strength: float) -> list[int]:
-    scheduler = TCDScheduler(original_inference_steps=original_steps)
-    scheduler.set_timesteps(steps, strength=strength)
-    return scheduler.timesteps.tolist()
-
-
-def diffusers_refuses(steps: int, original_steps: int, strength: float) -> bool:
-    try:
-        diffusers_timesteps(steps, original_steps, strength)
-    except (ValueError, ZeroDivisionError):
-        return True
-    return False
-
+from devkit.diffusers_reference import (
+    ORIGINAL_STEPS,
+    SAMPLING_GRID,
+    STEPS,
+    STRENGTHS,
+    TOLERANCE,
+    diffusers_refuses,
+    diffusers_timesteps,
+    reference_run,
+    relative_error,
+    tcd_core_run,
+)
 
 GRID = list(itertools.product(STEPS, ORIGINAL_STEPS, STRENGTHS))
 
@@ -69,13 +58,6 @@ def test_schedule_matches_reference_everywhere(steps: int, original_steps: int, 
 def test_schedule_refuses_strength_outside_unit_interval(strength: float) -> None:
     with pytest.raises(ValueError, match=r"strength must be in \(0, 1\]"):
         tcd_core.tcd_timesteps(4, strength=strength)
-
-
-SAMPLING_GRID = [
-    case
-    for case in itertools.product(STEPS, GAMMAS, PREDICTIONS, STRENGTHS, ORIGINAL_STEPS[:2])
-    if not diffusers_refuses(case[0], case[4], case[3])
-]
 
 
 @pytest.mark.parametrize(("steps", "gamma", "prediction", "strength", "original_steps"), SAMPLING_GRID)

@@ -9,8 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from comfy_host import REPO_ROOT, ComfyServer
 from PIL import Image, ImageStat
+
+from devkit.host import REPO_ROOT, ComfyServer
 
 PACK_NODES = {
     "TrajectoryConsistencySampler": "TCD Sampler",
@@ -53,7 +54,7 @@ def test_template_browser_lists_the_example_workflows(comfy_server: ComfyServer)
 
 def test_main_job_writes_a_finite_image(tmp_path: Path, test_models: dict) -> None:
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "dev" / "run_workflow.py"), "--out", str(tmp_path), "--steps", "2"],
+        [sys.executable, "-m", "devkit.run_workflow", "--out", str(tmp_path), "--steps", "2"],
         capture_output=True,
         text=True,
         timeout=900,

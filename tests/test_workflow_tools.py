@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from comfy_host import REPO_ROOT
 
+from devkit.host import REPO_ROOT
 from workflow_tools import (
     ObjectInfo,
     WorkflowError,

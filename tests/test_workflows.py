@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from comfy_host import REPO_ROOT, ComfyServer
 from PIL import Image, ImageDraw, ImageStat
 
+from devkit.host import REPO_ROOT, ComfyServer
 from workflow_tools import ObjectInfo, load_object_info, to_api, validate_workflow
 
 WORKFLOWS_DIR = REPO_ROOT / "workflows"

@@ -6,6 +6,7 @@ same model as a ComfyUI-style denoiser on VE latents (x_ve = x_vp / sqrt(alpha_b
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -92,3 +93,33 @@ def tcd_core_run(timesteps: list[int], prediction: str, gamma: float, seed: int)
 def relative_error(ours: Tensor, reference: Tensor) -> float:
     """max |ours - reference| / max(1, max |reference|)."""
     return ((ours - reference).abs().max() / reference.abs().max().clamp(min=1)).item()
+
+
+# The parity grid shared by tests/test_parity_diffusers.py and devkit/parity_report.py.
+TOLERANCE = 1e-5
+STEPS = [1, 2, 3, 4, 8, 16, 50]
+GAMMAS = [0.0, 0.3, 0.7, 1.0]
+PREDICTIONS = ["epsilon", "v_prediction"]
+STRENGTHS = [1.0, 0.5]
+ORIGINAL_STEPS = [50, 100, 30]
+
+
+def diffusers_timesteps(steps: int, original_steps: int, strength: float) -> list[int]:
+    scheduler = TCDScheduler(original_inference_steps=original_steps)
+    scheduler.set_timesteps(steps, strength=strength)
+    return scheduler.timesteps.tolist()
+
+
+def diffusers_refuses(steps: int, original_steps: int, strength: float) -> bool:
+    try:
+        diffusers_timesteps(steps, original_steps, strength)
+    except (ValueError, ZeroDivisionError):
+        return True
+    return False
+
+
+SAMPLING_GRID = [
+    case
+    for case in itertools.product(STEPS, GAMMAS, PREDICTIONS, STRENGTHS, ORIGINAL_STEPS[:2])
+    if not diffusers_refuses(case[0], case[4], case[3])
+]

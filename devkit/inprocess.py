@@ -15,7 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from comfy_host import MODEL_FOLDERS, PACK_DIR_NAME, REPO_ROOT, comfyui_path
+from devkit.host import MODEL_FOLDERS, PACK_DIR_NAME, REPO_ROOT, comfyui_path
 
 PACK_NODE_IDS = ("TrajectoryConsistencySampler", "TrajectoryConsistencyScheduler", "TrajectoryConsistencyLoraLoader")
 

@@ -1,4 +1,4 @@
-"""Random-weight test models (see dev/build_test_models.py), built once and cached.
+"""Random-weight test models (see devkit/build_test_models.py), built once and cached.
 
     paths = ensure_test_models()            # into .dev/models (or $TCD_TEST_MODELS_DIR)
     paths["checkpoint_sd15"].name           # "tcd-test-sd15.safetensors", as ComfyUI lists it
@@ -10,43 +10,32 @@ ComfyServer(models_dir=...) maps into ComfyUI.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from comfy_host import REPO_ROOT, comfyui_path
-
-BUILDER = REPO_ROOT / "dev" / "build_test_models.py"
+from devkit import build_test_models as builder
+from devkit.host import REPO_ROOT, comfyui_path
 
 
 def default_models_dir() -> Path:
     return Path(os.environ.get("TCD_TEST_MODELS_DIR") or REPO_ROOT / ".dev" / "models")
 
 
-def _builder():
-    """dev/build_test_models.py as a module; it imports neither torch nor ComfyUI at import time."""
-    spec = importlib.util.spec_from_file_location("tcd_build_test_models", BUILDER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def sd15_unet_config() -> dict:
     """ComfyUI's SD1.5 UNet config, as the test checkpoint is built with it."""
-    return dict(_builder().SD15_UNET_CONFIG)
+    return dict(builder.SD15_UNET_CONFIG)
 
 
 def ensure_test_models(out_dir: Path | str | None = None, timeout: float = 900.0) -> dict[str, Path]:
     """Builds whatever test model is missing or outdated in out_dir; returns {key: file path}."""
     out_dir = Path(out_dir) if out_dir is not None else default_models_dir()
     out_dir = out_dir.resolve()
-    builder = _builder()
     if builder.stale_artifacts(out_dir):
         env = dict(os.environ, COMFYUI_PATH=str(comfyui_path()))
         result = subprocess.run(
-            [sys.executable, str(BUILDER), str(out_dir)],
+            [sys.executable, "-m", "devkit.build_test_models", str(out_dir)],
             env=env,
             cwd=REPO_ROOT,
             capture_output=True,

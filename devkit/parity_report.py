@@ -1,18 +1,12 @@
 """Print tcd_core's worst deviation from diffusers' TCDScheduler over the parity test grid.
 
-Run: dev/test's python, e.g. `.dev/venv/bin/python dev/parity_report.py` from the repo root.
+Run from the repo root with dev/test's python: `.dev/venv/bin/python -m devkit.parity_report`.
 """
 
-import sys
 from collections import defaultdict
-from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).parents[1]), str(Path(__file__).parents[1] / "tests")]
-
-from diffusers_reference import reference_run, relative_error, tcd_core_run  # noqa: E402
-from test_parity_diffusers import SAMPLING_GRID  # noqa: E402
-
-import tcd_core  # noqa: E402
+import tcd_core
+from devkit.diffusers_reference import SAMPLING_GRID, reference_run, relative_error, tcd_core_run
 
 worst: dict[tuple[str, float], float] = defaultdict(float)
 for steps, gamma, prediction, strength, original_steps in SAMPLING_GRID:

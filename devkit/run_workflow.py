@@ -14,20 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "tests"))
-
-sys.path.insert(0, str(REPO_ROOT))
-
-from comfy_host import ComfyServer, comfyui_path  # noqa: E402
-from model_files import default_models_dir, ensure_test_models  # noqa: E402
-
-from workflow_tools import merged_object_info, to_api  # noqa: E402
+from devkit.host import REPO_ROOT, ComfyServer, comfyui_path
+from devkit.model_files import default_models_dir, ensure_test_models
+from workflow_tools import merged_object_info, to_api
 
 DEFAULT_WORKFLOW = REPO_ROOT / "workflows" / "tcd_sd15_text_to_image.json"
 

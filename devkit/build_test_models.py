@@ -1,6 +1,6 @@
 """Builds random-weight but correctly keyed test models with ComfyUI's own classes.
 
-    COMFYUI_PATH=/path/to/ComfyUI $TCD_PYTHON dev/build_test_models.py OUT_DIR [--force]
+    COMFYUI_PATH=/path/to/ComfyUI $TCD_PYTHON -m devkit.build_test_models OUT_DIR [--force]
 
 Nothing here is downloaded: every model is built from ComfyUI's model classes and filled
 from seeded generators, so the files are the same on every machine. Files land in
