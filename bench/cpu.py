@@ -1,6 +1,6 @@
 """CPU benchmark: TCD against ComfyUI's own `lcm` and `euler_ancestral`, side by side in one run.
 
-    dev/bench            (or: .dev/venv/bin/python bench/cpu.py with COMFYUI_PATH set)
+    dev/bench            (or, from the repo root: .dev/venv/bin/python -m bench.cpu with COMFYUI_PATH set)
 
 1. Sampler overhead per step with the model call excluded (a stand-in model that costs nothing).
 2. End-to-end KSampler through the real host on the random-weight SD1.5 test checkpoint.
@@ -11,14 +11,11 @@ Each line prints the measured ratio next to its target.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import (  # noqa: E402
+from bench.harness import (
     PeakLiveTensorBytes,
     StandInModel,
     discrete_model_sampling,
@@ -44,13 +41,15 @@ def sampler_runs(pack: Any, shape: tuple[int, ...], steps: int) -> tuple[dict, d
     sigmas = adapter.tcd_sigmas(model_sampling, steps)
     x = torch.randn(shape) * sigmas[0]
     ramp = tcd_core.GammaSchedule.linear(0.5, 0.1)
+    gamma = tcd_core.DEFAULT_GAMMA
+    sample_tcd = adapter.ksampler_tcd_sampler
     variants = {
         "lcm": (k.sample_lcm, {}),
         "euler_ancestral": (k.sample_euler_ancestral, {}),
-        "tcd order 1, gamma 0.3": (adapter.sample_tcd, {"gamma": 0.3}),
-        "tcd order 1, gamma ramp": (adapter.sample_tcd, {"gamma": ramp}),
-        "tcd order 2, gamma 0.3": (adapter.sample_tcd, {"gamma": 0.3, "order": 2}),
-        "tcd order 2, gamma ramp": (adapter.sample_tcd, {"gamma": ramp, "order": 2}),
+        f"tcd order 1, gamma {gamma}": (sample_tcd, {"gamma": gamma}),
+        "tcd order 1, gamma ramp": (sample_tcd, {"gamma": ramp}),
+        f"tcd order 2, gamma {gamma}": (sample_tcd, {"gamma": gamma, "order": 2}),
+        "tcd order 2, gamma ramp": (sample_tcd, {"gamma": ramp, "order": 2}),
     }
     models = {name: StandInModel(model_sampling, torch.randn(shape)) for name in variants}
 

@@ -2,7 +2,7 @@
 
 Run on the lent GPU machine through the device tool (see BENCHMARKS.md for the exact call):
 
-    COMFYUI_PATH=<carried ComfyUI source> python bench/gpu.py
+    COMFYUI_PATH=<carried ComfyUI source> python -m bench.gpu      (from the repo root)
 
 Random weights, built in-process with ComfyUI's classes, fp16, 1024x1024 (latent 128x128),
 batch 1, CFG 1, the same TCD sigmas for every sampler; medians of interleaved repeats,
@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import (  # noqa: E402
+from bench.harness import (
     count_syncs,
     import_comfy_and_pack,
     interleaved_medians,
@@ -30,12 +28,7 @@ from harness import (  # noqa: E402
     paired_ratio,
     spread,
 )
-
-
-def model_builder() -> Any:
-    from devkit import build_test_models
-
-    return build_test_models
+from devkit import build_test_models
 
 
 def build_patcher(unet_config: dict, device: torch.device, dtype: torch.dtype) -> Any:
@@ -43,12 +36,11 @@ def build_patcher(unet_config: dict, device: torch.device, dtype: torch.dtype) -
     import comfy.model_detection
     import comfy.model_patcher
 
-    builder = model_builder()
     model_config = comfy.model_detection.model_config_from_unet_config(dict(unet_config, dtype=dtype))
     model_config.set_inference_dtype(dtype, None)
     model = model_config.get_model({}, device=device)
     model.diffusion_model.to(device=device, dtype=dtype)
-    builder._fill_module(model.diffusion_model, torch.Generator(device=device).manual_seed(0))
+    build_test_models.fill_module(model.diffusion_model, torch.Generator(device=device).manual_seed(0))
     return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
 
 
@@ -66,14 +58,14 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     cpu = args.dry_run or not torch.cuda.is_available()
-    pack = import_comfy_and_pack(cpu=cpu, with_nodes=False)
+    pack = import_comfy_and_pack(cpu=cpu)
     import comfy.sample
     import comfy.samplers
 
     adapter = pack.nodes.comfy_adapter
+    gamma = pack.tcd_core.DEFAULT_GAMMA
     device = torch.device("cpu" if cpu else "cuda")
-    builder = model_builder()
-    unet_config = builder.SD15_UNET_CONFIG if args.dry_run else builder.SDXL_UNET_CONFIG
+    unet_config = build_test_models.SD15_UNET_CONFIG if args.dry_run else build_test_models.SDXL_UNET_CONFIG
     dtype = torch.float32 if cpu else torch.float16
     size = 64 if args.dry_run else 1024
     repeats = 1 if args.dry_run else args.repeats
@@ -90,8 +82,8 @@ def main() -> int:
     samplers = {
         "lcm": comfy.samplers.sampler_object("lcm"),
         "euler_ancestral": comfy.samplers.sampler_object("euler_ancestral"),
-        "tcd order 1": comfy.samplers.KSAMPLER(adapter.sample_tcd, {"gamma": 0.3, "order": 1}),
-        "tcd order 2": comfy.samplers.KSAMPLER(adapter.sample_tcd, {"gamma": 0.3, "order": 2}),
+        "tcd order 1": comfy.samplers.KSAMPLER(adapter.ksampler_tcd_sampler, {"gamma": gamma, "order": 1}),
+        "tcd order 2": comfy.samplers.KSAMPLER(adapter.ksampler_tcd_sampler, {"gamma": gamma, "order": 2}),
     }
     results: dict[str, Any] = {"device": name, "torch": torch.__version__, "size": size, "runs": {}}
     for steps in (4, 8):

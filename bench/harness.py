@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: importing ComfyUI and the pack, stand-in models, fair timing.
+"""Shared pieces of the benchmarks: ComfyUI's model sampling, stand-in models, fair timing.
 
 Every comparison runs TCD and ComfyUI's own samplers in the same process, interleaved, and
 reports medians, so machine noise hits all of them alike.
@@ -6,49 +6,23 @@ reports medians, so machine noise hits all of them alike.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import statistics
-import sys
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from devkit.comfy_import import import_comfyui, import_pack_sampling
 
 
-def import_comfy_and_pack(cpu: bool, with_nodes: bool = True) -> ModuleType:
-    """Put $COMFYUI_PATH first on sys.path, configure the device, and import this pack as a package.
-
-    ``with_nodes=False`` imports only the sampling adapter (nodes.comfy_adapter), not the node
-    classes and their comfy_api imports: enough for a bare GPU machine with ComfyUI's sampling path.
-    """
-    comfy_root = os.environ.get("COMFYUI_PATH")
-    if not comfy_root or not (Path(comfy_root) / "comfy").is_dir():
-        raise SystemExit("COMFYUI_PATH must name a ComfyUI source tree (dev/provision.sh sets it)")
-    sys.path.insert(0, comfy_root)
-    from comfy.cli_args import args
-
-    args.cpu = cpu
-    spec = importlib.util.spec_from_file_location(
-        "tcd_pack", REPO_ROOT / "__init__.py", submodule_search_locations=[str(REPO_ROOT)]
-    )
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules["tcd_pack"] = pack
-    spec.loader.exec_module(pack)
-    if with_nodes:
-        importlib.import_module("tcd_pack.nodes")  # what ComfyUI's comfy_entrypoint would import
-    else:
-        nodes = ModuleType("tcd_pack.nodes")
-        nodes.__path__ = [str(REPO_ROOT / "nodes")]
-        sys.modules["tcd_pack.nodes"] = pack.nodes = nodes
-    importlib.import_module("tcd_pack.nodes.comfy_adapter")
-    return pack
+def import_comfy_and_pack(cpu: bool) -> ModuleType:
+    """Import ComfyUI on the chosen device and this pack's sampling code (``pack.tcd_core``,
+    ``pack.nodes.comfy_adapter``); enough for a bare GPU machine with ComfyUI's sampling path."""
+    import_comfyui(cpu=cpu)
+    return import_pack_sampling()
 
 
 def discrete_model_sampling() -> Any:

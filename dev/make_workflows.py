@@ -2,7 +2,7 @@
 
     .dev/venv/bin/python dev/make_workflows.py                 # /object_info from a ComfyUI started here
     .dev/venv/bin/python dev/make_workflows.py --object-info http://127.0.0.1:8188 \\
-        --object-info ../shared/fixtures/ipadapter_plus_object_info.json
+        --object-info tests/fixture_packs/ipadapter_schemas/object_info.json
     .dev/venv/bin/python dev/make_workflows.py --check         # exit 1 when a committed file is stale
 
 Each workflow is a compact description below (nodes, their inputs, a layout column); widget
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import uuid
 from collections.abc import Callable, Mapping
@@ -27,14 +26,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from devkit.fixtures import IPADAPTER_OBJECT_INFO_PATH  # noqa: E402
 from workflow_tools.object_info import InputSpec, NodeSchema, ObjectInfo, merged_object_info  # noqa: E402
 
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 # ComfyUI_IPAdapter_plus's recorded /object_info (that pack cannot be installed on the test machines).
-IPADAPTER_FIXTURE = Path(
-    os.environ.get("TCD_IPADAPTER_OBJECT_INFO")
-    or REPO_ROOT.parent / "shared" / "fixtures" / "ipadapter_plus_object_info.json"
-)
+IPADAPTER_FIXTURE = IPADAPTER_OBJECT_INFO_PATH
 PACK_ID = "comfyui-tcd-sampling"
 PACK_NODES = {"TrajectoryConsistencySampler", "TrajectoryConsistencyScheduler", "TrajectoryConsistencyLoraLoader"}
 IPADAPTER_PACK_ID = "comfyui_ipadapter_plus"

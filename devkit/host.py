@@ -55,6 +55,11 @@ class ComfyServerError(RuntimeError):
     """The server failed to start, rejected a prompt, or failed to execute one."""
 
 
+def dev_dir() -> Path:
+    """The provisioned environment (venv, ComfyUI, test models): $TCD_DEV_DIR, as dev/provision.sh, else .dev."""
+    return Path(os.environ.get("TCD_DEV_DIR") or REPO_ROOT / ".dev")
+
+
 def comfyui_path() -> Path:
     """The ComfyUI checkout named by $COMFYUI_PATH. Never skips: a missing host is an error."""
     value = os.environ.get("COMFYUI_PATH")

@@ -1,8 +1,8 @@
 """ComfyUI loaded into the test process, with this pack registered as a custom node pack.
 
 For tests that need tensors rather than images: the real ModelPatcher, samplers and nodes,
-called directly. ComfyUI's own folder goes first on sys.path so its top-level modules
-(``nodes``, ``utils``, ...) win over any same-named folder of this repository.
+called directly. ComfyUI is imported through devkit.comfy_import.import_comfyui (its folder first
+on sys.path) and the pack is loaded by ComfyUI's own custom-node loader, as in a real install.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from devkit.host import MODEL_FOLDERS, PACK_DIR_NAME, REPO_ROOT, comfyui_path
+from devkit.comfy_import import import_comfyui
+from devkit.host import MODEL_FOLDERS, PACK_DIR_NAME, REPO_ROOT
 
 PACK_NODE_IDS = ("TrajectoryConsistencySampler", "TrajectoryConsistencyScheduler", "TrajectoryConsistencyLoraLoader")
 
@@ -32,13 +33,7 @@ class Comfy:
 
 def load_comfy(models_dir: Path) -> Comfy:
     """Import ComfyUI on the CPU, map its model folders to ``models_dir`` and load this pack."""
-    comfy_root = str(comfyui_path())
-    if comfy_root in sys.path:
-        sys.path.remove(comfy_root)
-    sys.path.insert(0, comfy_root)
-    from comfy.cli_args import args  # must precede comfy.model_management
-
-    args.cpu = True
+    import_comfyui(cpu=True)
     import folder_paths
 
     custom_nodes = Path(tempfile.mkdtemp(prefix="tcd-custom-nodes-"))

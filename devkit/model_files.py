@@ -1,9 +1,9 @@
 """Random-weight test models (see devkit/build_test_models.py), built once and cached.
 
-    paths = ensure_test_models()            # into .dev/models (or $TCD_TEST_MODELS_DIR)
+    paths = ensure_test_models()            # into $TCD_DEV_DIR/models: .dev/models (or $TCD_TEST_MODELS_DIR)
     paths["checkpoint_sd15"].name           # "tcd-test-sd15.safetensors", as ComfyUI lists it
 
-Keys: checkpoint_sd15, lora_sd15, lora_style_sd15, lora_sdxl, not_a_lora, corrupt_lora,
+Keys: checkpoint_sd15, lora_sd15, lora_style_sd15, lora_sdxl, lora_sdxl_kohya, not_a_lora, corrupt_lora,
 controlnet_sd15. The folder holds checkpoints/, loras/ and controlnet/, the layout that
 ComfyServer(models_dir=...) maps into ComfyUI.
 """
@@ -16,11 +16,12 @@ import sys
 from pathlib import Path
 
 from devkit import build_test_models as builder
-from devkit.host import REPO_ROOT, comfyui_path
+from devkit.host import REPO_ROOT, comfyui_path, dev_dir
 
 
 def default_models_dir() -> Path:
-    return Path(os.environ.get("TCD_TEST_MODELS_DIR") or REPO_ROOT / ".dev" / "models")
+    """$TCD_TEST_MODELS_DIR, else models/ in the provisioned environment (shared by clones: .ci/run)."""
+    return Path(os.environ.get("TCD_TEST_MODELS_DIR") or dev_dir() / "models")
 
 
 def sd15_unet_config() -> dict:

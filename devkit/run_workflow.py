@@ -18,6 +18,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import tcd_core
 from devkit.host import REPO_ROOT, ComfyServer, comfyui_path
 from devkit.model_files import default_models_dir, ensure_test_models
 from workflow_tools import merged_object_info, to_api
@@ -82,7 +83,7 @@ def main() -> int:
     parser.add_argument("--prompt", default=None, help="replace the workflow's positive prompt")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--gamma", type=float, default=0.3)
+    parser.add_argument("--gamma", type=float, default=tcd_core.DEFAULT_GAMMA)
     parser.add_argument("--size", type=int, default=None, help="pixels (default: the workflow's; 64 on random models)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "out", help="folder for the image")
     args = parser.parse_args()

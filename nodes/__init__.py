@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .distill_node import TCDDistillLoRA
 from .ksampler_registry import register_tcd_in_ksampler
 from .lora_loader_node import TCDLoraLoader
 from .sampler_node import TCDSampler
 from .scheduler_node import TCDScheduler
 
-NODES: list[type[io.ComfyNode]] = [TCDSampler, TCDScheduler, TCDLoraLoader]
+NODES: list[type[io.ComfyNode]] = [TCDSampler, TCDScheduler, TCDLoraLoader, TCDDistillLoRA]
 
 
 class TCDExtension(ComfyExtension):

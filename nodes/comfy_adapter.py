@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import comfy.model_sampling
+import comfy.samplers
 import torch
 from comfy.k_diffusion import sampling as k_diffusion_sampling
 from torch import Tensor
@@ -17,9 +19,18 @@ log = logging.getLogger("comfyui-tcd-sampling")
 
 # With KSampler's denoise, the schedule is computed for steps / denoise steps: past the reference's
 # 50-point grid, the grid grows with the step count instead of failing.
-DEFAULT_ORIGINAL_STEPS = 50
-MAX_GRID_STEPS = 1000  # the models' training timesteps: the finest grid there is
-DEFAULT_GAMMA = tcd_core.GammaSchedule.constant(0.3)  # the reference's eta; KSampler's `tcd` uses it
+MAX_GRID_STEPS = tcd_core.NUM_TRAIN_TIMESTEPS  # the finest grid there is
+KSAMPLER_GAMMA = tcd_core.GammaSchedule.constant(tcd_core.DEFAULT_GAMMA)  # KSampler's `tcd` has no gamma input
+LAST_TRAIN_TIMESTEP = tcd_core.NUM_TRAIN_TIMESTEPS - 1
+
+
+def flow_percent(timestep: int) -> float:
+    """A timestep of the 0..999 grid as ComfyUI's sampling percent for flow models (0 = pure noise, 1 = clean).
+
+    Flow models run on normalised time t / 999 in [0, 1]; ``percent_to_sigma`` counts the other way
+    and applies the model's own time shift.
+    """
+    return 1.0 - timestep / LAST_TRAIN_TIMESTEP
 
 
 def _on_device_of(model_sampling: torch.nn.Module, fn: Any) -> Any:
@@ -59,14 +70,47 @@ def noise_space_for(model_sampling: Any) -> tcd_core.NoiseSpace:
     )
 
 
+def train_timesteps(model_sampling: Any) -> range:
+    """The timesteps a custom list may name on this model: its training timesteps 0 .. T-1 (discrete models),
+    1 .. 999 on flow models (normalised time t / 999; timestep 0 is the clean image there, sigma 0)."""
+    if isinstance(model_sampling, comfy.model_sampling.CONST):
+        return range(1, tcd_core.NUM_TRAIN_TIMESTEPS)
+    noise_space_for(model_sampling)  # refuses unsupported samplings with a clear message
+    return range(len(model_sampling.sigmas))
+
+
+def custom_timesteps_for(model_sampling: Any, timesteps: Sequence[int], strength: float = 1.0) -> list[int]:
+    """A parsed timestep list checked against this model's range, then cut by ``strength`` as diffusers does
+    (``TCDScheduler.set_timesteps(timesteps=..., strength=...)`` keeps the last int(len * strength) entries)."""
+    allowed = train_timesteps(model_sampling)
+    outside = [t for t in timesteps if t not in allowed]
+    if outside:
+        raise tcd_core.TCDInputError(
+            f"timesteps {outside} are outside this model's range {allowed.start}..{allowed.stop - 1}; "
+            f"give {tcd_core.timesteps_form(allowed.stop, allowed.start)}"
+        )
+    return tcd_core.tcd_custom_timesteps(timesteps, strength, allowed.stop)
+
+
 def tcd_sigmas(
-    model_sampling: Any, steps: int, original_inference_steps: int = DEFAULT_ORIGINAL_STEPS, strength: float = 1.0
+    model_sampling: Any,
+    steps: int,
+    original_inference_steps: int = tcd_core.DEFAULT_ORIGINAL_INFERENCE_STEPS,
+    strength: float = 1.0,
+    timesteps: Sequence[int] | None = None,
 ) -> Tensor:
-    """TCD's timesteps (diffusers' set_timesteps) as this model's sigmas, with the final 0."""
-    timesteps = tcd_core.tcd_timesteps(steps, original_inference_steps, strength)
+    """TCD's timesteps (diffusers' set_timesteps) as this model's sigmas, with the final 0.
+
+    A ``timesteps`` list overrides ``steps`` and ``original_inference_steps`` (diffusers'
+    ``set_timesteps(timesteps=...)``); ``strength`` then keeps its last int(len * strength) entries.
+    """
+    if timesteps is None:
+        timesteps = tcd_core.tcd_timesteps(steps, original_inference_steps, strength)
+    else:
+        timesteps = custom_timesteps_for(model_sampling, timesteps, strength)
     if isinstance(model_sampling, comfy.model_sampling.CONST):
         # Flow models: the same grid in normalised time, through the model's own shift.
-        sigmas = [model_sampling.percent_to_sigma(1.0 - t / 999) for t in timesteps]
+        sigmas = [model_sampling.percent_to_sigma(flow_percent(t)) for t in timesteps]
         return torch.tensor([*sigmas, 0.0], dtype=torch.float32)
     noise_space_for(model_sampling)  # refuses unsupported samplings with a clear message
     sigmas = _on_device_of(model_sampling, model_sampling.sigma)(torch.tensor(timesteps, dtype=torch.float32))
@@ -80,14 +124,16 @@ def ksampler_tcd_scheduler(model_sampling: Any, steps: int) -> Tensor:
             f"KSampler scheduler 'tcd': {steps} schedule steps asked for (steps / denoise when denoise is below 1), "
             f"but TCD's grid has at most {MAX_GRID_STEPS} timesteps: lower steps or raise denoise"
         )
-    original = max(DEFAULT_ORIGINAL_STEPS, min(steps, MAX_GRID_STEPS))
-    if original != DEFAULT_ORIGINAL_STEPS:
-        log.info("tcd scheduler: %d steps exceed the 50-point TCD grid; using a %d-point grid", steps, original)
+    reference = tcd_core.DEFAULT_ORIGINAL_INFERENCE_STEPS
+    original = max(reference, steps)  # at most MAX_GRID_STEPS, checked above
+    if original != reference:
+        log.info(
+            "tcd scheduler: %d steps exceed the %d-point TCD grid; using a %d-point grid", steps, reference, original
+        )
     return tcd_sigmas(model_sampling, steps, original)
 
 
-@torch.no_grad()
-def sample_tcd(
+def ksampler_tcd_sampler(
     model: Any,
     x: Tensor,
     sigmas: Tensor,
@@ -95,10 +141,15 @@ def sample_tcd(
     callback: Any = None,
     disable: bool | None = None,
     noise_sampler: Any = None,
-    gamma: float | tcd_core.GammaSchedule = DEFAULT_GAMMA,
+    gamma: float | tcd_core.GammaSchedule = KSAMPLER_GAMMA,
     order: int = 1,
 ) -> Tensor:
-    """tcd_core's SSS loop on a ComfyUI model: its own model_sampling and the seeded noise of ComfyUI."""
+    """The sampler function ComfyUI's KSAMPLER wraps (k-diffusion signature): tcd_core.sample_tcd on a
+    ComfyUI model, in that model's own noise space, with ComfyUI's seeded noise.
+
+    Registered as KSampler's `tcd` and returned (with the node's gamma and order) by the TCD Sampler node.
+    tcd_core.sample_tcd runs under torch.no_grad itself.
+    """
     extra_args = {} if extra_args is None else extra_args
     if noise_sampler is None:
         noise_sampler = k_diffusion_sampling.default_noise_sampler(x, seed=extra_args.get("seed"))
@@ -118,3 +169,33 @@ def sample_tcd(
         )
     except tcd_core.TCDInputError as error:  # raised before any model call: name the node
         raise tcd_core.TCDInputError(f"TCD Sampler: {error}") from None
+
+
+class UnitStartNoiseKSAMPLER(comfy.samplers.KSAMPLER):
+    """A KSAMPLER that starts from unit-variance noise whatever ``sigmas[0]``, as diffusers' text-to-image
+    pipelines start any timestep list (DMD2's 1 step at 399, Hyper-SD's at 800).
+
+    ComfyUI's ``KSAMPLER.sample`` scales the seeded noise by ``sigmas[0]`` unless that is the model's
+    ``sigma_max`` (``model_sampling.noise_scaling(..., max_denoise)``). With ``max_denoise`` always on,
+    VE (eps / v) latents start at ``noise * sqrt(1 + sigma_0^2) + latent``: the VP latent
+    ``noise + sqrt(alpha_bar_0) * latent``, i.e. diffusers' ``x_T = noise`` for an empty latent.
+    Flow latents (CONST, which has no max_denoise branch) start at ``noise + (1 - sigma_0) * latent``.
+    Either way the latent is added as ComfyUI adds it; where the schedule starts at sigma_max nothing changes.
+    The unscaled noise ComfyUI keeps for inpainting masks is left as it is.
+    """
+
+    def max_denoise(self, model_wrap: Any, sigmas: Tensor) -> bool:
+        return True
+
+    def sample(self, model_wrap: Any, sigmas: Tensor, extra_args: Any, callback: Any, noise: Tensor, *args: Any,
+               **kwargs: Any) -> Tensor:  # fmt: skip
+        if not isinstance(model_wrap.inner_model.model_sampling, comfy.model_sampling.CONST):
+            return super().sample(model_wrap, sigmas, extra_args, callback, noise, *args, **kwargs)
+        # Flow: ComfyUI's start is sigma_0 * noise + (1 - sigma_0) * latent; add the missing (1 - sigma_0) * noise.
+        sampler_function = self.sampler_function
+
+        def from_unit_noise(model: Any, x: Tensor, sigmas: Tensor, *rest: Any, **options: Any) -> Tensor:
+            return sampler_function(model, x + (1.0 - sigmas[0]) * noise, sigmas, *rest, **options)
+
+        flow_sampler = comfy.samplers.KSAMPLER(from_unit_noise, self.extra_options, self.inpaint_options)
+        return flow_sampler.sample(model_wrap, sigmas, extra_args, callback, noise, *args, **kwargs)

@@ -7,7 +7,7 @@ import logging
 import comfy.samplers
 from comfy.k_diffusion import sampling as k_diffusion_sampling
 
-from .comfy_adapter import ksampler_tcd_scheduler, sample_tcd
+from .comfy_adapter import ksampler_tcd_sampler, ksampler_tcd_scheduler
 
 log = logging.getLogger("comfyui-tcd-sampling")
 
@@ -27,9 +27,9 @@ def register_tcd_in_ksampler() -> None:
     """
     existing = getattr(k_diffusion_sampling, "sample_tcd", None)
     if existing is None:
-        k_diffusion_sampling.sample_tcd = sample_tcd
-        existing = sample_tcd
-    if existing is sample_tcd:
+        k_diffusion_sampling.sample_tcd = ksampler_tcd_sampler  # KSampler looks samplers up as sample_<name>
+        existing = ksampler_tcd_sampler
+    if existing is ksampler_tcd_sampler:
         _append_once(comfy.samplers.KSAMPLER_NAMES, NAME)
         _append_once(comfy.samplers.SAMPLER_NAMES, NAME)
     else:

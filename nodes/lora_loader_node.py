@@ -2,12 +2,42 @@
 
 from __future__ import annotations
 
+import inspect
+
 import folder_paths
 from comfy_api.latest import io
 
 from .lora_stack import NONE, apply_lora, unlisted_lora_message
 
 STYLE_SLOTS = 3
+LORA_NAME_INPUTS = ("tcd_lora", *(f"style_lora_{i}" for i in range(1, STYLE_SLOTS + 1)))
+
+
+def _validate_lora_names(cls, **names: str | None) -> bool | str:
+    """Refuse names outside the loras folders before the graph runs (HTTP 400 naming the input).
+
+    Declaring these inputs here replaces ComfyUI's own list check of them (which 0.3.x does not do for
+    V3 combos anyway), so every ComfyUI version gives the same answer. Linked values arrive as None.
+    """
+    for input_name in LORA_NAME_INPUTS:
+        name = names.get(input_name)
+        if name is None or (name == NONE and input_name != "tcd_lora"):
+            continue
+        message = unlisted_lora_message(name)
+        if message is not None:
+            return f"TCD LoRA Loader {input_name}: {message}"
+    return True
+
+
+# ComfyUI reads validate_inputs' parameter names (inspect.getfullargspec) to choose which inputs to pass
+# and which of its own checks to skip; **kwargs alone would skip its range checks of every input, the
+# strengths too. So the signature names exactly the LoRA-name inputs, generated from STYLE_SLOTS.
+_validate_lora_names.__signature__ = inspect.Signature(
+    [
+        inspect.Parameter("cls", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        *(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None) for name in LORA_NAME_INPUTS),
+    ]
+)
 
 
 class TCDLoraLoader(io.ComfyNode):
@@ -38,7 +68,9 @@ class TCDLoraLoader(io.ComfyNode):
             display_name="TCD LoRA Loader",
             category="loaders",
             description="Loads a TCD LoRA and up to three style LoRAs onto the model (and CLIP) through ComfyUI's "
-            "LoRA patching. Errors when a LoRA patches nothing in this model; warns when it fits partly.",
+            "LoRA patching (every format ComfyUI's LoraLoader applies). Errors, before patching, when a LoRA "
+            "patches nothing in this model or any of its patches has the wrong shape (another model family); "
+            "warns when it fits partly by name.",
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model (SD1.5, SD2.1 or SDXL) to patch."),
                 io.Clip.Input(
@@ -68,32 +100,7 @@ class TCDLoraLoader(io.ComfyNode):
             ],
         )
 
-    @classmethod
-    def validate_inputs(
-        cls,
-        tcd_lora: str | None = None,
-        style_lora_1: str | None = None,
-        style_lora_2: str | None = None,
-        style_lora_3: str | None = None,
-    ) -> bool | str:
-        """Refuse names outside the loras folders before the graph runs (HTTP 400 naming the input).
-
-        Declaring these inputs here replaces ComfyUI's own list check of them (which 0.3.x does not do for
-        V3 combos anyway), so every ComfyUI version gives the same answer. Linked values arrive as None.
-        """
-        names = {
-            "tcd_lora": tcd_lora,
-            "style_lora_1": style_lora_1,
-            "style_lora_2": style_lora_2,
-            "style_lora_3": style_lora_3,
-        }
-        for input_name, name in names.items():
-            if name is None or (name == NONE and input_name != "tcd_lora"):
-                continue
-            message = unlisted_lora_message(name)
-            if message is not None:
-                return f"TCD LoRA Loader {input_name}: {message}"
-        return True
+    validate_inputs = classmethod(_validate_lora_names)
 
     @classmethod
     def execute(cls, model, tcd_lora: str, tcd_lora_strength: float, clip=None, **styles) -> io.NodeOutput:

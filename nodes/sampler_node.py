@@ -6,20 +6,9 @@ import comfy.samplers
 from comfy_api.latest import io
 
 from .. import tcd_core
-from .comfy_adapter import sample_tcd
+from .comfy_adapter import UnitStartNoiseKSAMPLER, ksampler_tcd_sampler
 
-GAMMA_SCHEDULES = ["constant", "linear", "list"]
-
-
-def to_gamma_schedule(schedule: str, gamma: float, gamma_end: float, gamma_list: str) -> tcd_core.GammaSchedule:
-    """The node's gamma inputs as a tcd_core.GammaSchedule (ValueError names the bad input)."""
-    if schedule == "constant":
-        return tcd_core.GammaSchedule.constant(gamma)
-    if schedule == "linear":
-        return tcd_core.GammaSchedule.linear(gamma, gamma_end)
-    if schedule == "list":
-        return tcd_core.GammaSchedule.explicit(tcd_core.parse_gamma_list(gamma_list))
-    raise ValueError(f"gamma_schedule must be one of {GAMMA_SCHEDULES}, got {schedule!r}")
+Kind = tcd_core.GammaScheduleKind
 
 
 class TCDSampler(io.ComfyNode):
@@ -36,7 +25,7 @@ class TCDSampler(io.ComfyNode):
             inputs=[
                 io.Float.Input(
                     "gamma",
-                    default=0.3,
+                    default=tcd_core.DEFAULT_GAMMA,
                     min=0.0,
                     max=1.0,
                     step=0.01,
@@ -49,8 +38,8 @@ class TCDSampler(io.ComfyNode):
                 ),
                 io.Combo.Input(
                     "gamma_schedule",
-                    options=GAMMA_SCHEDULES,
-                    default="constant",
+                    options=Kind.options(),
+                    default=Kind.CONSTANT.value,
                     tooltip=(
                         "constant: gamma on every step. linear: a ramp from gamma (first step) to gamma_end "
                         "(last step). list: one value per step from gamma_list."
@@ -58,7 +47,7 @@ class TCDSampler(io.ComfyNode):
                 ),
                 io.Float.Input(
                     "gamma_end",
-                    default=0.3,
+                    default=tcd_core.DEFAULT_GAMMA,
                     min=0.0,
                     max=1.0,
                     step=0.01,
@@ -66,7 +55,7 @@ class TCDSampler(io.ComfyNode):
                 ),
                 io.String.Input(
                     "gamma_list",
-                    default="0.3, 0.3, 0.3, 0.3",
+                    default=", ".join([str(tcd_core.DEFAULT_GAMMA)] * 4),
                     tooltip=(
                         "When gamma_schedule is list: one gamma in [0, 1] per step, separated by commas "
                         "or spaces; the count must equal the number of steps sampled. Ignored otherwise."
@@ -82,6 +71,18 @@ class TCDSampler(io.ComfyNode):
                         "second-order (DPM-Solver-2) denoise sub-step, one more model call per step."
                     ),
                 ),
+                io.Boolean.Input(
+                    "unit_start_noise",
+                    default=False,
+                    optional=True,  # prompts saved before this input run unchanged
+                    tooltip=(
+                        "Off: ComfyUI's start, noise scaled to the first sigma (right for img2img). On: start "
+                        "from unit-variance noise whatever the first timestep, as diffusers' text-to-image "
+                        "pipelines do: needed for timestep lists starting below 999 that were trained that way "
+                        "(DMD2 1-step at 399, Hyper-SD 1-step UNet at 800). A non-empty latent is added to that "
+                        "noise as ComfyUI does at full denoise. No effect when the schedule starts at 999."
+                    ),
+                ),
             ],
             outputs=[io.Sampler.Output()],
         )
@@ -89,9 +90,11 @@ class TCDSampler(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, gamma_schedule: str, gamma_list: str) -> bool | str:
         # Declaring these inputs here replaces ComfyUI's own checks of them, so check the combo too.
-        if gamma_schedule not in GAMMA_SCHEDULES:
-            return f"TCD Sampler gamma_schedule must be one of {GAMMA_SCHEDULES}, got {gamma_schedule!r}"
-        if gamma_schedule == "list":
+        try:
+            kind = Kind.parse(gamma_schedule)
+        except ValueError as error:
+            return f"TCD Sampler {error}"
+        if kind is Kind.LIST:
             try:
                 tcd_core.parse_gamma_list(gamma_list)
             except ValueError as error:
@@ -99,6 +102,16 @@ class TCDSampler(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, gamma: float, gamma_schedule: str, gamma_end: float, gamma_list: str, order: int) -> io.NodeOutput:
-        schedule = to_gamma_schedule(gamma_schedule, gamma, gamma_end, gamma_list)
-        return io.NodeOutput(comfy.samplers.KSAMPLER(sample_tcd, extra_options={"gamma": schedule, "order": order}))
+    def execute(
+        cls,
+        gamma: float,
+        gamma_schedule: str,
+        gamma_end: float,
+        gamma_list: str,
+        order: int,
+        unit_start_noise: bool = False,
+    ) -> io.NodeOutput:
+        schedule = tcd_core.GammaSchedule.from_inputs(gamma_schedule, gamma, gamma_end, gamma_list)
+        options = {"gamma": schedule, "order": order}
+        sampler_class = UnitStartNoiseKSAMPLER if unit_start_noise else comfy.samplers.KSAMPLER
+        return io.NodeOutput(sampler_class(ksampler_tcd_sampler, extra_options=options))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from .comfy_adapter import tcd_sigmas
+from .. import tcd_core
+from .comfy_adapter import tcd_sigmas, train_timesteps
 
 
 class TCDScheduler(io.ComfyNode):
@@ -30,7 +31,7 @@ class TCDScheduler(io.ComfyNode):
                 ),
                 io.Int.Input(
                     "original_inference_steps",
-                    default=50,
+                    default=tcd_core.DEFAULT_ORIGINAL_INFERENCE_STEPS,
                     min=1,
                     max=1000,
                     tooltip="Size of the distillation grid the TCD LoRA was trained on (50 for the released LoRAs). "
@@ -44,17 +45,45 @@ class TCDScheduler(io.ComfyNode):
                     step=0.01,
                     tooltip="img2img strength with diffusers' meaning: the grid is cut at the top, so sampling starts "
                     "at timestep ~1000 x strength and takes `steps` steps from there. 1 = text-to-image. (KSampler's "
-                    "denoise with the `tcd` scheduler instead spreads steps/denoise steps and keeps the last ones.)",
+                    "denoise with the `tcd` scheduler instead spreads steps/denoise steps and keeps the last ones.) "
+                    "With a timesteps list: keeps its last int(count x strength) entries, as diffusers does.",
+                ),
+                io.String.Input(
+                    "timesteps",
+                    default="",
+                    optional=True,  # prompts saved before this input run unchanged
+                    tooltip="Empty: the schedule comes from steps, original_inference_steps and strength. Otherwise a "
+                    "list of training timesteps, e.g. '999, 749, 499, 249' (DMD2 4-step) or '800' (Hyper-SD 1-step "
+                    "UNet): whole numbers in 0..999, strictly descending, separated by commas or spaces. It "
+                    "overrides steps and original_inference_steps, as diffusers' set_timesteps(timesteps=...); "
+                    "strength keeps its last int(count x strength) entries. For lists starting below 999 in "
+                    "text-to-image, turn on the TCD Sampler's unit_start_noise (see the README).",
                 ),
             ],
             outputs=[io.Sigmas.Output()],
         )
 
     @classmethod
-    def execute(cls, model, steps: int, original_inference_steps: int, strength: float) -> io.NodeOutput:
+    def validate_inputs(cls, timesteps: str | None = "") -> bool | str:
+        # The model's own range is checked at execution; here the form, on the 0..999 range of SD / SDXL / flow.
+        if timesteps is None or not timesteps.strip():  # linked (checked when it arrives) or empty
+            return True
+        try:
+            tcd_core.parse_timesteps(timesteps)
+        except ValueError as error:
+            return f"TCD Scheduler {error}"
+        return True
+
+    @classmethod
+    def execute(
+        cls, model, steps: int, original_inference_steps: int, strength: float, timesteps: str = ""
+    ) -> io.NodeOutput:
         model_sampling = model.get_model_object("model_sampling")
         try:
-            sigmas = tcd_sigmas(model_sampling, steps, original_inference_steps, strength)
+            custom = None
+            if timesteps.strip():
+                custom = tcd_core.parse_timesteps(timesteps, train_timesteps(model_sampling).stop)
+            sigmas = tcd_sigmas(model_sampling, steps, original_inference_steps, strength, custom)
         except ValueError as error:
             raise ValueError(f"TCD Scheduler: {error}") from None
         return io.NodeOutput(sigmas)

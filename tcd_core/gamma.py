@@ -12,10 +12,14 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
 
 from .errors import TCDInputError
 
-__all__ = ["GammaSchedule", "parse_gamma_list"]
+__all__ = ["DEFAULT_GAMMA", "GammaSchedule", "GammaScheduleKind", "parse_gamma_list"]
+
+DEFAULT_GAMMA = 0.3
+"""The reference's gamma (diffusers' ``eta`` default in the TCD pipelines): the pack's default everywhere."""
 
 
 def _check_gamma(name: str, value: float) -> float:
@@ -26,11 +30,31 @@ def _check_gamma(name: str, value: float) -> float:
     return float(value)
 
 
+class GammaScheduleKind(str, Enum):
+    """How gamma varies over the steps; the values are the TCD Sampler's ``gamma_schedule`` options."""
+
+    CONSTANT = "constant"  # gamma on every step
+    LINEAR = "linear"  # a ramp from gamma (first step) to gamma_end (last step)
+    LIST = "list"  # one value per step, written out
+
+    @classmethod
+    def options(cls) -> list[str]:
+        return [kind.value for kind in cls]
+
+    @classmethod
+    def parse(cls, name: GammaScheduleKind | str) -> GammaScheduleKind:
+        """The kind named ``name``; TCDInputError listing the options for any other name."""
+        try:
+            return cls(name)
+        except ValueError:
+            raise TCDInputError(f"gamma_schedule must be one of {cls.options()}, got {name!r}") from None
+
+
 @dataclass(frozen=True)
 class GammaSchedule:
     """gamma for each step: a constant, a linear ramp ``start -> end``, or an explicit list."""
 
-    start: float = 0.3
+    start: float = DEFAULT_GAMMA
     end: float | None = None
     values: tuple[float, ...] | None = None
 
@@ -60,6 +84,18 @@ class GammaSchedule:
     @property
     def is_constant(self) -> bool:
         return self.values is None and (self.end is None or self.end == self.start)
+
+    @classmethod
+    def from_inputs(
+        cls, kind: GammaScheduleKind | str, gamma: float, gamma_end: float, gamma_list: str
+    ) -> GammaSchedule:
+        """The schedule a node's four gamma inputs describe; ``gamma_list`` is only parsed for ``list``."""
+        kind = GammaScheduleKind.parse(kind)
+        if kind is GammaScheduleKind.CONSTANT:
+            return cls.constant(gamma)
+        if kind is GammaScheduleKind.LINEAR:
+            return cls.linear(gamma, gamma_end)
+        return cls.explicit(parse_gamma_list(gamma_list))
 
     def per_step(self, steps: int) -> list[float]:
         """One gamma per step for a run of ``steps`` steps."""

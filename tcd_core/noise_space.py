@@ -2,7 +2,7 @@
 
 ComfyUI keeps discrete VP models (SD1.5, SD2.x, SDXL; eps or v) in the VE form
 ``x = x0 + sigma * eps`` and flow models (SD3, Flux) in the form
-``x = (1 - sigma) * x0 + sigma * eps`` (tcd-math.md, sections 1 and 6). TCD picks the denoise
+``x = (1 - sigma) * x0 + sigma * eps`` (docs/math.md, section 1). TCD picks the denoise
 target ``s`` in the model's own timestep space, so a space also carries both maps.
 """
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from .errors import TCDInputError
-from .gamma import GammaSchedule
+from .gamma import DEFAULT_GAMMA, GammaSchedule
 from .noise_space import SD_SPACE, NoiseSpace
 from .step_plan import plan_steps
 
@@ -36,7 +36,7 @@ def sample_tcd(
     disable: bool | None = None,
     noise_sampler: NoiseSampler | None = None,
     *,
-    gamma: float | GammaSchedule = 0.3,
+    gamma: float | GammaSchedule = DEFAULT_GAMMA,
     order: int = 1,
     space: NoiseSpace = SD_SPACE,
 ) -> Tensor:

@@ -9,11 +9,24 @@ img2img rule: the grid is cut at the top, so sampling starts at a lower timestep
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 from .errors import TCDInputError
 
-__all__ = ["tcd_timesteps", "tcd_custom_timesteps"]
+__all__ = [
+    "DEFAULT_ORIGINAL_INFERENCE_STEPS",
+    "NUM_TRAIN_TIMESTEPS",
+    "parse_timesteps",
+    "timesteps_form",
+    "tcd_timesteps",
+    "tcd_custom_timesteps",
+]
+
+DEFAULT_ORIGINAL_INFERENCE_STEPS = 50
+"""The distillation grid of the released TCD LoRAs (diffusers' ``original_inference_steps`` default)."""
+NUM_TRAIN_TIMESTEPS = 1000
+"""The models' training timesteps 0 .. 999: the finest grid there is."""
 
 
 def _require_int(name: str, value: object, low: int, high: int | None = None) -> int:
@@ -33,9 +46,9 @@ def _require_strength(strength: float) -> float:
 
 def tcd_timesteps(
     steps: int,
-    original_inference_steps: int = 50,
+    original_inference_steps: int = DEFAULT_ORIGINAL_INFERENCE_STEPS,
     strength: float = 1.0,
-    num_train_timesteps: int = 1000,
+    num_train_timesteps: int = NUM_TRAIN_TIMESTEPS,
 ) -> list[int]:
     """Descending TCD timesteps, as diffusers' ``TCDScheduler(original_inference_steps=N)``
     gives them from ``set_timesteps(steps, strength=strength)``.
@@ -66,7 +79,7 @@ def tcd_timesteps(
 def tcd_custom_timesteps(
     timesteps: Sequence[int],
     strength: float = 1.0,
-    num_train_timesteps: int = 1000,
+    num_train_timesteps: int = NUM_TRAIN_TIMESTEPS,
 ) -> list[int]:
     """Validate a user's descending timestep list the way the reference does, then apply ``strength``.
 
@@ -90,3 +103,51 @@ def tcd_custom_timesteps(
             f"raise strength to at least {1 / len(values):.3g}"
         )
     return values[len(values) - keep :]
+
+
+def timesteps_form(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, first: int = 0) -> str:
+    """The allowed form of a timestep list (timesteps ``first .. num_train_timesteps - 1``), for error messages."""
+    return (
+        f"whole training timesteps in {first}..{num_train_timesteps - 1}, strictly descending, separated by commas "
+        "or spaces (e.g. '999, 749, 499, 249' or '800')"
+    )
+
+
+_SEPARATOR = re.compile(r"\s*,\s*|\s+")
+_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
+
+
+def parse_timesteps(text: str, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> list[int]:
+    """A user's timestep list (``"999, 749, 499, 249"``, ``"800"``) as integers, checked as the reference checks it.
+
+    Entries are separated by commas and/or spaces; each must be a whole number in
+    ``0 .. num_train_timesteps - 1`` and the list strictly descending (diffusers'
+    ``TCDScheduler.set_timesteps(timesteps=...)`` rules). Empty entries (``"999,,499"``) are refused.
+    ``TCDInputError`` names the offending entry by position and value. An empty text is no list:
+    callers take it as "no custom timesteps" before calling this.
+    """
+    num_train_timesteps = _require_int("num_train_timesteps", num_train_timesteps, 1)
+    last = num_train_timesteps - 1
+    form = timesteps_form(num_train_timesteps)
+    entries = _SEPARATOR.split(text.strip())
+    if entries == [""]:
+        raise TCDInputError(f"timesteps is empty; give {form}")
+    values: list[int] = []
+    for position, entry in enumerate(entries, start=1):
+        if entry == "":
+            raise TCDInputError(
+                f"timesteps entry {position} is empty (two separators in a row, or one at an end); give {form}"
+            )
+        if not _WHOLE_NUMBER.fullmatch(entry):
+            raise TCDInputError(f"timesteps entry {position} ({entry!r}) is not a whole number; give {form}")
+        value = int(entry)
+        if not 0 <= value <= last:
+            raise TCDInputError(
+                f"timesteps entry {position} ({value}) is outside the training timesteps 0..{last}; give {form}"
+            )
+        if values and value >= values[-1]:
+            raise TCDInputError(
+                f"timesteps entry {position} ({value}) is not below the entry before it ({values[-1]}); give {form}"
+            )
+        values.append(value)
+    return values

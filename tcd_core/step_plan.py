@@ -1,6 +1,6 @@
 """The per-step numbers of Strategic Stochastic Sampling, worked out once from the sigmas given.
 
-For step ``i`` (sigma_i -> sigma_next), with denoised estimate ``d`` (tcd-math.md, sections 3-6):
+For step ``i`` (sigma_i -> sigma_next), with denoised estimate ``d`` (docs/math.md, sections 3-6):
 
     s       = (1 - gamma_i) * t_next                        # in the model's timestep space
     x_s     = alpha_s * d + sigma_s * (x - alpha_i * d) / sigma_i              # TCF(1), Eq. 9
@@ -87,7 +87,7 @@ def _denoise_targets(sig: list[float], gammas: list[float], space: NoiseSpace) -
     else:
         s = one_minus_gamma * t_next.to(torch.float64)
     sigma_s = space.sigma(s).to(torch.float64).tolist()
-    # 3. Never above sigma_next (off-grid schedules can round up), gamma = 0 lands on it exactly.
+    # 3. Never above sigma_next: off-grid schedules can round up (docs/math.md, section 5). gamma = 0 lands on it.
     targets = []
     for i in range(n):
         if sig[i + 1] == 0.0:
@@ -136,7 +136,7 @@ def _plan(sig: tuple[float, ...], gamma: GammaSchedule, space: NoiseSpace, order
         scale = 1.0
         noise_scale = None
         if sigma_next == 0.0:
-            # Last step: the reference returns the VP latent at s (tcd-math.md, "Last step").
+            # Last step: the reference returns the VP latent at s (docs/math.md, section 4).
             scale = form.reference_scale(sigma_s)
         elif gammas[i] > 0.0:
             # Diffuse back from s to sigma_next (Eq. 12), keeping the marginal at sigma_next exact.

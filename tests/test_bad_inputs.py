@@ -127,6 +127,19 @@ def ksampler_tcd(steps: int, denoise: float) -> Callable[[Graph, ComfyServer], N
     return change
 
 
+TIMESTEPS_FORM = "give whole training timesteps in 0..999, strictly descending, separated by commas or spaces"
+
+
+def flow_scheduler(**inputs: Any) -> Callable[[Graph, ComfyServer], None]:
+    """The TCD Scheduler on the checkpoint patched to a flow model (ModelSamplingSD3, shift 3)."""
+
+    def change(graph: Graph, _server: ComfyServer) -> None:
+        graph["flow"] = {"class_type": "ModelSamplingSD3", "inputs": {"model": ["ckpt", 0], "shift": 3.0}}
+        graph["scheduler"]["inputs"].update(model=["flow", 0], **inputs)
+
+    return change
+
+
 def nan_latent(graph: Graph, server: ComfyServer) -> None:
     """A .latent file (SaveLatent's format) holding one NaN, loaded with LoadLatent from the input folder."""
     import safetensors.torch
@@ -137,6 +150,46 @@ def nan_latent(graph: Graph, server: ComfyServer) -> None:
     tensors = {"latent_tensor": samples, "latent_format_version_0": torch.tensor([])}
     safetensors.torch.save_file(tensors, str(server.input_dir / NAN_LATENT))
     graph["latent"] = {"class_type": "LoadLatent", "inputs": {"latent": NAN_LATENT}}
+
+
+# TCD Distill LoRA: a tiny run (2 steps, rank 4) that each case breaks in one way before training starts.
+DISTILL_WIDGETS = {
+    "batch_size": 2, "grad_accumulation_steps": 1, "steps": 2, "learning_rate": 1e-4, "rank": 4, "optimizer": "AdamW",
+    "seed": 0, "training_dtype": "fp32", "lora_dtype": "fp32", "gradient_checkpointing": True, "existing_lora": "None",
+    "guidance_min": 3.0, "guidance_max": 15.0, "num_ddim_timesteps": 50, "ema_decay": 0.0, "loss": "huber",
+    "huber_c": 0.001, "s_rule": "uniform", "s_zero_share": 0.2, "method": "tcd",
+}  # fmt: skip
+EMPTY_DATASET = "tcd-empty-dataset"
+
+
+def distill_lora(
+    nodes: dict[str, dict] | None = None, links: dict[str, list] | None = None, **widgets: Any
+) -> Callable[[Graph, ComfyServer], None]:
+    """TCD Distill LoRA (2 latents of the 64x64 EmptyLatentImage, the captions) -> SaveLoRA in place of the
+    txt2img part; ``nodes`` are added, ``links`` rewire its inputs, ``widgets`` change its settings."""
+
+    def change(graph: Graph, _server: ComfyServer) -> None:
+        for node in ("scheduler", "tcd", "sample", "decode", "save"):
+            del graph[node]
+        graph["latent"]["inputs"]["batch_size"] = 2
+        graph.update(nodes or {})
+        inputs = {"model": ["ckpt", 0], "latents": ["latent", 0], "positive": ["positive", 0]}
+        inputs |= {"negative": ["negative", 0], **DISTILL_WIDGETS, **(links or {}), **widgets}
+        graph["distill"] = {"class_type": "TrajectoryConsistencyDistillLoRA", "inputs": inputs}
+        graph["save_lora"] = {"class_type": "SaveLoRA", "inputs": {"lora": ["distill", 1], "prefix": "loras/bad"}}
+
+    return change
+
+
+def empty_dataset(graph: Graph, server: ComfyServer) -> None:
+    """Load Training Dataset of a saved dataset with no samples (a shard of empty lists) into TCD Distill LoRA."""
+    import torch
+
+    folder = server.output_dir / EMPTY_DATASET
+    folder.mkdir(exist_ok=True)
+    torch.save({"latents": [], "conditioning": []}, folder / "shard_0000.pkl")
+    dataset = {"class_type": "LoadTrainingDataset", "inputs": {"folder_name": EMPTY_DATASET}}
+    distill_lora({"dataset": dataset}, {"latents": ["dataset", 0], "positive": ["dataset", 1]})(graph, server)
 
 
 # --- the table -----------------------------------------------------------------------------------------
@@ -299,6 +352,26 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "LoRA on an SD1.5 checkpoint)`",
     ),
     BadInput(
+        "lora-other-family-shapes",
+        "TCD LoRA Loader `tcd_lora`: an SDXL LoRA (kohya SGM names, many shared with SD1.5) on an SD1.5 checkpoint",
+        tcd_lora("tcd-test-lora-sdxl-kohya.safetensors"),
+        "lora",
+        (
+            "TCD LoRA Loader tcd_lora: LoRA 'tcd-test-lora-sdxl-kohya.safetensors' does not fit this model",
+            "46 of its patches do not take the shape of the weight they name, 50 do",
+            "890 of its 986 modules name no weight here",
+            "it was made for another model family (its cross-attention takes 2048-wide text embeddings (SDXL), "
+            "this model's take 768 (SD1.x)). Nothing was applied",
+        ),
+        "Error in TCD LoRA Loader: `TCD LoRA Loader tcd_lora: LoRA 'tcd-test-lora-sdxl-kohya.safetensors' does "
+        "not fit this model: 46 of its patches do not take the shape of the weight they name, 50 do, and 890 of "
+        "its 986 modules name no weight here (diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k."
+        "weight: delta 640x2048 vs weight 640x768; diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2."
+        "to_v.weight: delta 640x2048 vs weight 640x768); it was made for another model family (its "
+        "cross-attention takes 2048-wide text embeddings (SDXL), this model's take 768 (SD1.x)). Nothing was "
+        "applied` (before any weight is patched; ComfyUI's LoraLoader would apply the 50 that fit)",
+    ),
+    BadInput(
         "lora-corrupt-file",
         "TCD LoRA Loader `tcd_lora`: a truncated .safetensors file",
         tcd_lora("corrupt.safetensors"),
@@ -312,9 +385,13 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "TCD LoRA Loader `tcd_lora`: a .safetensors file that is not a LoRA",
         tcd_lora("not-a-lora.safetensors"),
         "lora",
-        ("TCD LoRA Loader tcd_lora: 'not-a-lora.safetensors' is not a LoRA", "has LoRA weight keys"),
+        (
+            "TCD LoRA Loader tcd_lora: 'not-a-lora.safetensors' is not a LoRA",
+            "none of its 3 tensors is a weight that ComfyUI's LoRA loader reads",
+        ),
         "Error in TCD LoRA Loader: `TCD LoRA Loader tcd_lora: 'not-a-lora.safetensors' is not a LoRA: none of "
-        "its 3 tensors has LoRA weight keys`",
+        "its 3 tensors is a weight that ComfyUI's LoRA loader reads (LoRA/LoCon, DoRA, LoHa, LoKr, OFT, BOFT, "
+        "GLoRA, diff, norm)`",
     ),
     BadInput(
         "lora-path-traversal",
@@ -350,6 +427,141 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         ("TCD Sampler: the latent to sample holds NaN or infinite values", "check the nodes that made it"),
         "Error in SamplerCustom: `TCD Sampler: the latent to sample holds NaN or infinite values; check the "
         "nodes that made it` (before any model call)",
+    ),
+    BadInput(
+        "timesteps-not-integers",
+        "TCD Scheduler `timesteps` `999, 12.5, 499`",
+        set_input("scheduler", timesteps="999, 12.5, 499"),
+        "scheduler",
+        ("TCD Scheduler timesteps entry 2 ('12.5') is not a whole number", TIMESTEPS_FORM),
+        "Prompt refused (HTTP 400) on the TCD Scheduler node: `TCD Scheduler timesteps entry 2 ('12.5') is not a "
+        f"whole number; {TIMESTEPS_FORM} (e.g. '999, 749, 499, 249' or '800')`",
+        input_name="timesteps",
+        rejected=True,
+    ),
+    BadInput(
+        "timesteps-not-descending",
+        "TCD Scheduler `timesteps` `499, 749`",
+        set_input("scheduler", timesteps="499, 749"),
+        "scheduler",
+        ("TCD Scheduler timesteps entry 2 (749) is not below the entry before it (499)", TIMESTEPS_FORM),
+        "Prompt refused (HTTP 400) on the TCD Scheduler node: `TCD Scheduler timesteps entry 2 (749) is not below "
+        f"the entry before it (499); {TIMESTEPS_FORM} (e.g. '999, 749, 499, 249' or '800')`",
+        input_name="timesteps",
+        rejected=True,
+    ),
+    BadInput(
+        "timesteps-out-of-range",
+        "TCD Scheduler `timesteps` `1000, 499`",
+        set_input("scheduler", timesteps="1000, 499"),
+        "scheduler",
+        ("TCD Scheduler timesteps entry 1 (1000) is outside the training timesteps 0..999", TIMESTEPS_FORM),
+        "Prompt refused (HTTP 400) on the TCD Scheduler node: `TCD Scheduler timesteps entry 1 (1000) is outside "
+        f"the training timesteps 0..999; {TIMESTEPS_FORM} (e.g. '999, 749, 499, 249' or '800')`",
+        input_name="timesteps",
+        rejected=True,
+    ),
+    BadInput(
+        "timesteps-empty-entry",
+        "TCD Scheduler `timesteps` `999,,499`",
+        set_input("scheduler", timesteps="999,,499"),
+        "scheduler",
+        ("TCD Scheduler timesteps entry 2 is empty (two separators in a row, or one at an end)", TIMESTEPS_FORM),
+        "Prompt refused (HTTP 400) on the TCD Scheduler node: `TCD Scheduler timesteps entry 2 is empty (two "
+        f"separators in a row, or one at an end); {TIMESTEPS_FORM} (e.g. '999, 749, 499, 249' or '800')`",
+        input_name="timesteps",
+        rejected=True,
+    ),
+    BadInput(
+        "timesteps-outside-the-models-range",
+        "TCD Scheduler `timesteps` `999, 0` on a flow model (ModelSamplingSD3), where timestep 0 is the clean image",
+        flow_scheduler(timesteps="999, 0"),
+        "scheduler",
+        (
+            "TCD Scheduler: timesteps [0] are outside this model's range 1..999",
+            "give whole training timesteps in 1..999",
+        ),
+        "Error in TCD Scheduler: `TCD Scheduler: timesteps [0] are outside this model's range 1..999; give whole "
+        "training timesteps in 1..999, strictly descending, separated by commas or spaces (e.g. '999, 749, 499, "
+        "249' or '800')`",
+    ),
+    BadInput(
+        "distill-empty-dataset",
+        "TCD Distill LoRA `latents`: an empty dataset (Load Training Dataset of a dataset with no samples)",
+        empty_dataset,
+        "distill",
+        ("TCD Distill LoRA latents: the dataset is empty",),
+        "Error in TCD Distill LoRA: `TCD Distill LoRA latents: the dataset is empty: give at least one latent (e.g. "
+        "VAE Encode of an image)` (before any training)",
+    ),
+    BadInput(
+        "distill-conditioning-count",
+        "TCD Distill LoRA `positive`: 2 conditionings (Conditioning Combine) for 3 latents",
+        distill_lora(
+            {
+                "combined": {
+                    "class_type": "ConditioningCombine",
+                    "inputs": {"conditioning_1": ["positive", 0], "conditioning_2": ["negative", 0]},
+                },
+                "three": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 3}},
+            },
+            {"positive": ["combined", 0], "latents": ["three", 0]},
+        ),
+        "distill",
+        ("TCD Distill LoRA positive: 2 conditionings for 3 latents", "give one for all or one per latent"),
+        "Error in TCD Distill LoRA: `TCD Distill LoRA positive: 2 conditionings for 3 latents: give one for all or "
+        "one per latent` (before any training)",
+    ),
+    BadInput(
+        "distill-latent-channels",
+        "TCD Distill LoRA `latents`: 16-channel latents (EmptySD3LatentImage) for an SD1.5 model",
+        distill_lora(
+            {"sd3": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}}},
+            {"latents": ["sd3", 0]},
+        ),
+        "distill",
+        ("TCD Distill LoRA latents: latent 0 has shape (1, 16, 8, 8)", "this model takes 4-channel image latents"),
+        "Error in TCD Distill LoRA: `TCD Distill LoRA latents: latent 0 has shape (1, 16, 8, 8), but this model "
+        "takes 4-channel image latents [B, C, H, W] (encode the images with this model's VAE)` (before any training)",
+    ),
+    BadInput(
+        "distill-flow-model",
+        "TCD Distill LoRA `model`: a flow model (the checkpoint through ModelSamplingSD3)",
+        distill_lora(
+            {"flow": {"class_type": "ModelSamplingSD3", "inputs": {"model": ["ckpt", 0], "shift": 3.0}}},
+            {"model": ["flow", 0]},
+        ),
+        "distill",
+        ("TCD Distill LoRA model: this model samples as a flow model", "flow and EDM models are not supported"),
+        "Error in TCD Distill LoRA: `TCD Distill LoRA model: this model samples as a flow model "
+        "(ModelSamplingDiscreteFlow, CONST); distillation needs a discrete 1000-step VP schedule with eps or v "
+        "prediction (SD1.x, SD2.x, SDXL): flow and EDM models are not supported` (before any training)",
+    ),
+    BadInput(
+        "distill-x0-prediction",
+        "TCD Distill LoRA `model`: an x0-prediction model (ModelSamplingDiscrete `x0`)",
+        distill_lora(
+            {
+                "x0": {
+                    "class_type": "ModelSamplingDiscrete",
+                    "inputs": {"model": ["ckpt", 0], "sampling": "x0", "zsnr": False},
+                }
+            },
+            {"model": ["x0", 0]},
+        ),
+        "distill",
+        ("TCD Distill LoRA model: prediction type x0 is not supported", "eps- or v-prediction models"),
+        "Error in TCD Distill LoRA: `TCD Distill LoRA model: prediction type x0 is not supported: distillation "
+        "takes eps- or v-prediction models` (before any training)",
+    ),
+    BadInput(
+        "distill-guidance-min-above-max",
+        "TCD Distill LoRA `guidance_min` 8 above `guidance_max` 4",
+        distill_lora(guidance_min=8.0, guidance_max=4.0),
+        "distill",
+        ("TCD Distill LoRA guidance_min: must be <= guidance_max, got guidance_min=8.0 > guidance_max=4.0",),
+        "Error in TCD Distill LoRA: `TCD Distill LoRA guidance_min: must be <= guidance_max, got guidance_min=8.0 > "
+        "guidance_max=4.0` (before any training)",
     ),
 )
 

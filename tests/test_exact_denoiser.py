@@ -12,7 +12,7 @@ Two exact models, two kinds of reference:
   get shorter with more steps, so SSS with it is biased towards low variance, and only slowly
   less so with more steps (gamma = 1, order 1: variance -0.43, -0.23, -0.17 at 8, 50, 200 steps;
   the algorithm, not a bug). Its output law is instead computed exactly by propagating the density
-  of the (1-D, Markov) chain on a grid, written from tcd-math.md independently of tcd_core, and
+  of the (1-D, Markov) chain on a grid, written from docs/math.md independently of tcd_core, and
   the samples must match that law.
 
 Each check allows K_SE standard errors estimated from the samples plus a small, measured
@@ -93,7 +93,7 @@ class Form:
         return (z * scale).to(dtype)
 
     def sigma_s(self, i: int, gamma: float) -> float:
-        """tcd-math.md 3 and 6: s = (1 - gamma) t_next, floored on the discrete grid (in float32, as
+        """docs/math.md 3 and 5: s = (1 - gamma) t_next, floored on the discrete grid (in float32, as
         diffusers computes it); t_next = 0 on the last step; never above sigma_next (nor sigma_i)."""
         sigma, sigma_next = self.sigmas[i].item(), self.sigmas[i + 1].item()
         if self.timesteps is None:
@@ -245,7 +245,7 @@ def consistency_oracle(form_name: str, gamma: float, points: int = 2001) -> Mode
 
 
 def _midpoint(form: Form, sigma: float, sigma_s: float) -> float:
-    """sigma at the midpoint in lambda = log(alpha / sigma) (tcd-math.md 4; VE: sqrt(sigma sigma_s));
+    """sigma at the midpoint in lambda = log(alpha / sigma) (docs/math.md 6; VE: sqrt(sigma sigma_s));
     a flow step from sigma = 1 (lambda = -inf) takes the geometric mean, as tcd_core does."""
     if form.alpha(sigma) <= 0.0:
         return math.sqrt(sigma * sigma_s)
@@ -264,7 +264,7 @@ def sss_law(form: Form, model: Model, gamma: float, order: int, points: int = 20
     The law is held as weights w_j on a uniform grid y_j plus the deterministic map F applied since
     the last noise draw. A noise draw of scale n turns it into w'_k = sum_j w_j N(y'_k; F(y_j), n^2) on
     a fresh grid (trapezoid quadrature of a smooth integrand: spectrally accurate). The steps follow
-    tcd-math.md 3, 4 and 6, not tcd_core.
+    docs/math.md 3-6, not tcd_core.
     """
     sigmas = form.sigmas.tolist()
     start_std = math.sqrt(1.0 + sigmas[0] ** 2) if form.timesteps is not None else 1.0

@@ -11,13 +11,15 @@ import sys
 import pathspec
 import tomllib
 
-from devkit.host import REPO_ROOT, comfyui_path
+from devkit.comfy_import import import_comfyui
+from devkit.host import REPO_ROOT
 
 PUBLISHED_MUST_HOLD = [
     "__init__.py", "LICENSE", "README.md", "CHANGELOG.md", "pyproject.toml", "requirements.txt",
     "nodes/__init__.py", "tcd_core/__init__.py", "workflow_tools/__init__.py", "docs/icon.png",
 ]  # fmt: skip
-DEV_ONLY = ("tests/", "dev/", "bench/", ".ci/", ".github/")
+DEV_ONLY = ("tests/", "dev/", "devkit/", "bench/", ".ci/", ".github/")
+VERSION = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]  # the one place
 
 
 def published_files() -> list[str]:
@@ -28,14 +30,14 @@ def published_files() -> list[str]:
 
 
 def test_pyproject_is_valid_for_the_comfy_registry() -> None:
-    sys.path.insert(0, str(comfyui_path()))
+    import_comfyui()
     from comfy_config.config_parser import extract_node_configuration
 
     config = extract_node_configuration(str(REPO_ROOT))  # the pack folder, as ComfyUI calls it
     assert config is not None
     assert config.project.name == "tcd-sampling"  # `comfyui-tcd` is taken; names should not say ComfyUI
     assert re.fullmatch(r"[A-Za-z][A-Za-z0-9]*(?:[-_.][A-Za-z0-9]+)*", config.project.name)
-    assert config.project.version == "1.0.0"
+    assert config.project.version == VERSION and re.fullmatch(r"\d+\.\d+\.\d+", VERSION)  # semantic version
     assert config.project.license.file == "LICENSE" and (REPO_ROOT / "LICENSE").read_text().startswith(
         "                    GNU GENERAL PUBLIC LICENSE\n                       Version 3"
     )
@@ -47,8 +49,7 @@ def test_pyproject_is_valid_for_the_comfy_registry() -> None:
 
 
 def test_changelog_describes_this_version() -> None:
-    version = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
-    assert f"\n## {version}\n" in (REPO_ROOT / "CHANGELOG.md").read_text()
+    assert f"\n## {VERSION}\n" in (REPO_ROOT / "CHANGELOG.md").read_text()
 
 
 def test_published_package_holds_the_pack_and_no_dev_tooling() -> None:

@@ -78,8 +78,9 @@ def test_sampling_matches_reference(
 def test_parity_check_detects_a_wrong_last_step() -> None:
     """Returning the denoised estimate itself on the last step (a common port bug) is caught."""
     timesteps = tcd_core.tcd_timesteps(4)
-    reference = reference_run(timesteps, "epsilon", 0.3, 50, 1.0, seed=7)
-    ours = tcd_core_run(timesteps, "epsilon", 0.3, seed=7)
+    gamma, grid = tcd_core.DEFAULT_GAMMA, tcd_core.DEFAULT_ORIGINAL_INFERENCE_STEPS
+    reference = reference_run(timesteps, "epsilon", gamma, grid, 1.0, seed=7)
+    ours = tcd_core_run(timesteps, "epsilon", gamma, seed=7)
     sigma_min = tcd_core.scaled_linear_sigmas()[0].item()
     unscaled = ours.final * (1 + sigma_min**2) ** 0.5
     assert relative_error(unscaled, reference.final) > 10 * TOLERANCE

@@ -23,7 +23,6 @@ from workflow_tools import (
     map_widget_values,
     parse_input_spec,
     to_api,
-    types_match,
     validate_workflow,
 )
 
@@ -279,17 +278,29 @@ def test_widgets_values_saved_by_name_and_list_values(info: ObjectInfo) -> None:
 def test_v3_combo_and_optional_inputs(info: ObjectInfo) -> None:
     graph = base_graph()
     add_node(graph, node(8, "V3Node", ["sideways", ["a", "z"], 3.0], title="Mine"))
-    report = validate_workflow(graph, info)
-    messages = [str(issue) for issue in report.errors]
-    assert len(messages) == 3, messages
-    assert any(
-        'node 8 "Mine" (V3Node), input "mode"' in m and "'sideways' is not one of its choices" in m for m in messages
-    )
-    assert any('input "tags"' in m and "'z'" in m for m in messages)
-    assert any('input "strength"' in m and "above the maximum 2.0" in m for m in messages)
-    # Optional inputs may be left out entirely.
+    # Choices and ranges are ComfyUI's to check (POST /prompt, tests/test_workflows.py): the values pass through.
+    assert validate_workflow(graph, info).issues == []
+    assert to_api(graph, info)["8"]["inputs"] == {
+        "mode": "sideways",
+        "tags": {"__value__": ["a", "z"]},
+        "strength": 3.0,
+    }
+    # Optional inputs left out of a saved workflow get their defaults, as the frontend gives them.
     find(graph, 8)["widgets_values"] = ["linear"]
     assert validate_workflow(graph, info).ok
+    assert to_api(graph, info)["8"]["inputs"] == {"mode": "linear", "strength": 1.0}
+
+
+def test_widgets_added_after_a_workflow_was_saved_get_their_defaults(info: ObjectInfo) -> None:
+    graph = base_graph()
+    find(graph, 5)["widgets_values"] = [7, "fixed", 4]  # saved when KSampler had only seed and steps
+    assert to_api(graph, info)["5"]["inputs"] == {
+        **to_api(base_graph(), info)["5"]["inputs"],
+        "cfg": 8.0,
+        "sampler_name": "euler",
+        "scheduler": "normal",
+        "denoise": 1.0,
+    }
 
 
 def test_force_input_has_no_widget_value(info: ObjectInfo) -> None:
@@ -297,10 +308,9 @@ def test_force_input_has_no_widget_value(info: ObjectInfo) -> None:
     assert [s.name for s in spec.widget_inputs] == ["label"]
     graph = base_graph()
     add_node(graph, node(8, "ForceInput", ["hello"]))
-    report = validate_workflow(graph, info)
-    assert [str(i) for i in report.errors] == [
-        'error: node 8 "ForceInput" (ForceInput), input "value": required input (INT) is not connected'
-    ]
+    # An unconnected required input is ComfyUI's to report (required_input_missing): it stays out of the prompt.
+    assert validate_workflow(graph, info).ok
+    assert to_api(graph, info)["8"]["inputs"] == {"label": "hello"}
 
 
 def test_notes_are_dropped(info: ObjectInfo) -> None:
@@ -319,13 +329,11 @@ def test_reroutes_pass_links_through(info: ObjectInfo) -> None:
     graph["links"] += [[20, 1, 0, 8, 0, "MODEL"], [21, 8, 0, 9, 0, "MODEL"]]
     relink(graph, 1, 9, 0)
     assert to_api(graph, info)["5"]["inputs"]["model"] == ["1", 0]
-    # A Reroute carrying CLIP into a MODEL input is caught at the real ends.
+    # A Reroute carrying CLIP into a MODEL input resolves to the real ends, where ComfyUI's
+    # return_type_mismatch sees it.
     graph["links"][-2][2] = 1
-    report = validate_workflow(graph, info)
-    assert len(report.errors) == 1
-    message = str(report.errors[0])
-    assert 'node 5 "KSampler" (KSampler), input "model"' in message
-    assert "brings CLIP" in message and "takes MODEL" in message
+    assert validate_workflow(graph, info).ok
+    assert to_api(graph, info)["5"]["inputs"]["model"] == ["1", 1]
 
 
 def test_primitive_node_value_feeds_the_converted_widget(info: ObjectInfo) -> None:
@@ -336,12 +344,8 @@ def test_primitive_node_value_feeds_the_converted_widget(info: ObjectInfo) -> No
     graph["links"].append([30, 8, 0, 5, 4, "INT"])
     assert to_api(graph, info)["5"]["inputs"]["steps"] == 6
     assert "8" not in to_api(graph, info)
-    find(graph, 8)["widgets_values"] = [0, "fixed"]
-    report = validate_workflow(graph, info)
-    assert [str(i) for i in report.errors] == [
-        'error: node 5 "KSampler" (KSampler), input "steps": 0 is below the minimum 1 '
-        "(the value comes from PrimitiveNode 8)"
-    ]
+    find(graph, 8)["widgets_values"] = [0, "fixed"]  # out of range: ComfyUI's to report, on the KSampler
+    assert to_api(graph, info)["5"]["inputs"]["steps"] == 0
 
 
 def test_converted_widget_fed_by_a_node(info: ObjectInfo) -> None:
@@ -356,7 +360,8 @@ def test_converted_widget_fed_by_a_node(info: ObjectInfo) -> None:
     find(graph, 8)["inputs"] = [{"name": "value", "type": "INT", "link": None}]
     report = validate_workflow(graph, info)
     assert report.conversion.prompt["5"]["inputs"]["seed"] == ["8", 0]
-    assert [i.input for i in report.errors] == ["value"]  # ForceInput's own input, not the seed
+    # ForceInput's own input is unconnected (ComfyUI's required_input_missing), the seed is linked.
+    assert report.ok and report.conversion.prompt["8"]["inputs"] == {"label": "x"}
 
 
 def bypass_graph(mode: int) -> dict[str, Any]:
@@ -378,9 +383,7 @@ def test_bypassed_node_passes_its_input_of_the_same_type(info: ObjectInfo) -> No
 def test_muted_node_is_dropped_and_its_consumers_lose_the_input(info: ObjectInfo) -> None:
     report = validate_workflow(bypass_graph(2), info)
     assert "8" not in report.conversion.prompt and "model" not in report.conversion.prompt["5"]["inputs"]
-    assert [str(i) for i in report.errors] == [
-        'error: node 5 "KSampler" (KSampler), input "model": required input (MODEL) is not connected'
-    ]
+    assert report.ok  # the missing model input is ComfyUI's required_input_missing
 
 
 def test_bypass_prefers_the_input_at_the_output_index_then_the_first_of_the_type(info: ObjectInfo) -> None:
@@ -442,29 +445,6 @@ def test_several_object_info_sources_merge(info: ObjectInfo) -> None:
     assert validate_workflow(graph, ObjectInfo(INFO, pack)).ok
 
 
-def test_missing_model_files_are_warnings_unless_strict(info: ObjectInfo) -> None:
-    graph = base_graph()
-    find(graph, 1)["widgets_values"] = ["sd_xl_base_1.0.safetensors"]
-    report = validate_workflow(graph, info)
-    assert report.ok and len(report.warnings) == 1
-    assert 'file "sd_xl_base_1.0.safetensors" is not installed' in str(report.warnings[0])
-    assert not validate_workflow(graph, info, strict_files=True).ok
-    # A choice that is not a file name stays an error.
-    find(graph, 5)["widgets_values"][4] = "euler_x"
-    assert [i.input for i in validate_workflow(graph, info).errors] == ["sampler_name"]
-
-
-def test_value_type_errors(info: ObjectInfo) -> None:
-    graph = base_graph()
-    find(graph, 5)["widgets_values"] = ["7", "fixed", 4.5, True, "tcd", "tcd", 1.0]
-    messages = {i.input: i.message for i in validate_workflow(graph, info).errors}
-    assert messages == {
-        "seed": "expects a number (INT), got '7'",
-        "steps": "expects an integer (INT), got 4.5",
-        "cfg": "expects a number (FLOAT), got True",
-    }
-
-
 def test_links_in_object_form(info: ObjectInfo) -> None:
     graph = base_graph()
     keys = ("id", "origin_id", "origin_slot", "target_id", "target_slot", "type")
@@ -472,26 +452,17 @@ def test_links_in_object_form(info: ObjectInfo) -> None:
     assert to_api(graph, info) == to_api(base_graph(), info)
 
 
-def test_broken_links_and_missing_output(info: ObjectInfo) -> None:
+def test_broken_links(info: ObjectInfo) -> None:
     graph = base_graph()
     graph["links"] = [link for link in graph["links"] if link[0] != 8]
-    graph["nodes"] = [n for n in graph["nodes"] if n["type"] != "SaveImage"]
     messages = [str(i) for i in validate_workflow(graph, info).errors]
     missing_link = 'node 6 "VAEDecode" (VAEDecode), input "vae": names link 8, which is not in the workflow\'s links'
-    assert f"error: {missing_link}" in messages
-    no_output = "has no output node (such as SaveImage or PreviewImage): ComfyUI would run nothing"
-    assert f"error: workflow: {no_output}" in messages
+    assert messages == [f"error: {missing_link}"]
 
 
 def test_api_prompt_is_refused() -> None:
     with pytest.raises(WorkflowError, match="API-format prompt"):
         convert_workflow({"1": {"class_type": "X", "inputs": {}}}, ObjectInfo({}))
-
-
-def test_types_match() -> None:
-    assert types_match("MODEL", "MODEL") and types_match("*", "CLIP") and types_match("IMAGE", "*")
-    assert types_match("IMAGE,MASK", "MASK") and types_match("COMBO", "COMBO")
-    assert not types_match("CLIP", "MODEL") and not types_match("INT", "FLOAT")
 
 
 def test_input_spec_forms() -> None:
@@ -508,7 +479,7 @@ def test_cli_validate_and_convert(tmp_path: Path) -> None:
     good = tmp_path / "good.json"
     good.write_text(json.dumps(base_graph()))
     bad_graph = base_graph()
-    find(bad_graph, 5)["widgets_values"][2] = 0
+    find(bad_graph, 5)["widgets_values"].append(0)  # one value more than KSampler has widgets
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(bad_graph))
 
@@ -522,12 +493,12 @@ def test_cli_validate_and_convert(tmp_path: Path) -> None:
     assert "ok (7 nodes, 0 warnings)" in ok.stdout
     failed = cli("validate", str(good), str(bad), "--object-info", str(info_path))
     assert failed.returncode == 1
-    assert 'node 5 "KSampler" (KSampler), input "steps": 0 is below the minimum 1' in failed.stdout
+    assert 'node 5 "KSampler" (KSampler): has 8 widget values but its widgets' in failed.stdout
     converted = cli("convert", str(good), "--object-info", str(info_path))
     assert converted.returncode == 0, converted.stderr
     assert json.loads(converted.stdout) == to_api(base_graph(), ObjectInfo(INFO))
     refused = cli("convert", str(bad), "--object-info", str(info_path))
-    assert refused.returncode == 1 and refused.stdout == "" and "below the minimum" in refused.stderr
+    assert refused.returncode == 1 and refused.stdout == "" and "saved for another version" in refused.stderr
     unreadable = cli("validate", str(good), "--object-info", str(tmp_path / "missing.json"))
     assert unreadable.returncode == 2 and "cannot read /object_info" in unreadable.stderr
 

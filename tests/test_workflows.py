@@ -1,5 +1,11 @@
-"""The example workflows in workflows/: valid for a real ComfyUI, up to date, with the published settings,
-and running end to end through the real HTTP server on the random-weight test models.
+"""The example workflows in workflows/: valid for a real ComfyUI, with the published settings, and
+running end to end through the real HTTP server on the random-weight test models.
+
+The files are frozen: what ComfyUI's frontend saves (python -m devkit.refresh_workflows round-trips
+them through it; tests/test_browser_workflows.py checks them in the real web UI). Values, ranges,
+choices, required inputs and link types are checked by ComfyUI itself: its POST /prompt answers
+node_errors. workflow_tools checks what ComfyUI does not (node types known to a set of packs, widget
+values that fit the node's inputs, broken links, the models list).
 
 SDXL workflows run as their SD1.5 counterparts: the same graph with the SD1.5 test checkpoint,
 LoRAs and ControlNet substituted, at 64x64. A random-weight SDXL-architecture checkpoint was
@@ -12,46 +18,43 @@ and crowd the machine's memory; the SD1.5 graphs exercise the same nodes and wir
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import subprocess
 import sys
+import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fixture_packs import animatediff_schemas, ipadapter_schemas
 from PIL import Image, ImageDraw, ImageStat
 
 from devkit.host import REPO_ROOT, ComfyServer
 from workflow_tools import ObjectInfo, load_object_info, to_api, validate_workflow
 
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
+NAMES = sorted(path.stem for path in WORKFLOWS_DIR.glob("*.json"))
 SIZE = 64
-STEPS = 2  # the end-to-end runs check the wiring; the published 4 steps are checked in the files
-
-
-def _load_generator():
-    """dev/make_workflows.py as a module (it imports only workflow_tools)."""
-    spec = importlib.util.spec_from_file_location("tcd_make_workflows", REPO_ROOT / "dev" / "make_workflows.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-GEN = _load_generator()
-NAMES = list(GEN.WORKFLOWS)
+STEPS = 2  # the end-to-end runs check the wiring; the published step counts are checked in the files
+# Workflows that need nodes of another pack, and the stand-in recording of that pack's schemas.
+NEEDS_OTHER_PACKS = {
+    "tcd_sdxl_ip_adapter": ("ComfyUI_IPAdapter_plus", Path(ipadapter_schemas.OBJECT_INFO_PATH)),
+    "tcd_animatediff_sd15": ("ComfyUI-AnimateDiff-Evolved", Path(animatediff_schemas.OBJECT_INFO_PATH)),
+}
+PACK_RECORDINGS = [recording for _, recording in NEEDS_OTHER_PACKS.values()]
 # Those that need only ComfyUI core and this pack run end to end. The Papercut one goes last: all
 # others load the same checkpoint + TCD LoRA, which ComfyUI then keeps patched between prompts.
-IPADAPTER_FIXTURE = GEN.IPADAPTER_FIXTURE
-RUNNABLE = sorted(
-    (name for name in NAMES if name not in GEN.NEEDS_OTHER_PACKS), key=lambda name: name == "tcd_sdxl_papercut_lora"
-)
+RUNNABLE = sorted((n for n in NAMES if n not in NEEDS_OTHER_PACKS), key=lambda name: name == "tcd_sdxl_papercut_lora")
+MODEL_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
 def read(name: str) -> dict[str, Any]:
     return json.loads((WORKFLOWS_DIR / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def input_image_names(workflow: dict[str, Any]) -> set[str]:
+    return {node["widgets_values"][0] for node in workflow["nodes"] if node["type"] == "LoadImage"}
 
 
 @pytest.fixture(scope="module")
@@ -60,46 +63,83 @@ def live_info(comfy_server: ComfyServer) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def ipadapter_info() -> dict[str, Any]:
-    return load_object_info(IPADAPTER_FIXTURE)
+def pack_info() -> dict[str, Any]:
+    """The recorded schemas of the other packs the workflows use."""
+    merged: dict[str, Any] = {}
+    for recording in PACK_RECORDINGS:
+        merged.update(load_object_info(recording))
+    return merged
 
 
 @pytest.fixture(scope="module")
-def info(live_info: dict[str, Any], ipadapter_info: dict[str, Any]) -> ObjectInfo:
-    """The live server's /object_info plus the recorded ComfyUI_IPAdapter_plus schemas."""
-    return ObjectInfo(live_info, ipadapter_info)
+def info(live_info: dict[str, Any], pack_info: dict[str, Any]) -> ObjectInfo:
+    """The live server's /object_info plus the recorded schemas of the other packs."""
+    return ObjectInfo(live_info, pack_info)
+
+
+def names_a_missing_file(reason: dict[str, Any]) -> bool:
+    """A /prompt node error about a model or input file this ComfyUI does not have: ComfyUI's own
+    value_not_in_list, LoadImage's check of its file, or the TCD LoRA Loader's check of its LoRA names."""
+    if reason["type"] == "value_not_in_list":
+        return True
+    custom = ("is not in ComfyUI's loras folders", "Invalid image file")
+    return reason["type"] == "custom_validation_failed" and any(words in reason["details"] for words in custom)
+
+
+def prompt_answer(server: ComfyServer, prompt: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """ComfyUI's own validation: POST /prompt's HTTP status and answer (error, node_errors)."""
+    try:
+        return 200, server.post_json("/prompt", {"prompt": prompt, "client_id": server.client_id})
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read().decode())
 
 
 # --- the files -----------------------------------------------------------------------------------
 
 
-def test_the_workflow_files_are_the_generated_ones(info: ObjectInfo) -> None:
-    built = GEN.build_files(info)
-    files = sorted(path.name for path in WORKFLOWS_DIR.iterdir())
-    assert files == sorted(built), "workflows/ and dev/make_workflows.py disagree on the file list"
-    stale = [name for name, text in built.items() if (WORKFLOWS_DIR / name).read_text(encoding="utf-8") != text]
-    assert not stale, f"regenerate with `.dev/venv/bin/python dev/make_workflows.py`: {stale}"
-
-
-@pytest.mark.parametrize("name", [n for n in NAMES if n not in GEN.NEEDS_OTHER_PACKS])
-def test_core_workflow_validates_against_the_live_server(name: str, live_info: dict[str, Any]) -> None:
-    report = validate_workflow(read(name), ObjectInfo(live_info))
-    assert report.ok, str(report)
-    # Only the real model and input files are missing from the test server: nothing else warns.
-    assert all("is not installed" in issue.message for issue in report.warnings), str(report)
-
-
-def test_ip_adapter_workflow_needs_the_fixture_and_validates_with_it(live_info: dict, ipadapter_info: dict) -> None:
-    workflow = read("tcd_sdxl_ip_adapter")
-    alone = validate_workflow(workflow, ObjectInfo(live_info))
-    assert {
-        issue.node.split("(")[-1].rstrip(")") for issue in alone.errors if "unknown node type" in issue.message
-    } == {
-        "IPAdapterModelLoader",
-        "IPAdapterAdvanced",
+def test_the_workflows_that_need_other_packs_are_those_listed(live_info: dict[str, Any]) -> None:
+    assert NAMES, f"{WORKFLOWS_DIR} holds no workflow"
+    foreign = {
+        name
+        for name in NAMES
+        if any(
+            node["type"] not in live_info and node["type"] not in ("Note", "MarkdownNote")
+            for node in read(name)["nodes"]
+        )
     }
-    report = validate_workflow(workflow, ObjectInfo(live_info, ipadapter_info))
-    assert report.ok, str(report)
+    assert foreign == set(NEEDS_OTHER_PACKS)
+
+
+@pytest.mark.parametrize("name", RUNNABLE)
+def test_core_workflow_passes_comfyuis_validation_but_for_the_model_files(
+    name: str, comfy_server: ComfyServer, live_info: dict[str, Any]
+) -> None:
+    workflow = read(name)
+    report = validate_workflow(workflow, ObjectInfo(live_info))
+    assert report.ok and not report.issues, str(report)
+    status, answer = prompt_answer(comfy_server, to_api(workflow, ObjectInfo(live_info)))
+    assert status == 400, answer  # the real model files are not installed on the test server: nothing runs
+    files = {model["name"] for model in workflow["models"]} | input_image_names(workflow)
+    reasons = [(node["class_type"], e) for node in answer["node_errors"].values() for e in node["errors"]]
+    assert reasons, answer
+    for class_type, reason in reasons:
+        assert names_a_missing_file(reason), (class_type, reason)
+        named = reason.get("extra_info", {}).get("received_value") or reason["details"]
+        assert any(file in str(named) for file in files), (class_type, reason)
+
+
+@pytest.mark.parametrize("name", sorted(NEEDS_OTHER_PACKS))
+def test_workflow_of_another_pack_needs_its_schemas_and_converts_with_them(
+    name: str, live_info: dict, pack_info: dict
+) -> None:
+    workflow = read(name)
+    alone = validate_workflow(workflow, ObjectInfo(live_info))
+    unknown = {issue.node.split("(")[-1].rstrip(")") for issue in alone.errors if "unknown node type" in issue.message}
+    pack, recording = NEEDS_OTHER_PACKS[name]
+    recorded = load_object_info(recording)
+    assert unknown and unknown <= set(recorded), (pack, unknown)
+    report = validate_workflow(workflow, ObjectInfo(live_info, pack_info))
+    assert report.ok and not report.issues, str(report)
 
 
 def test_every_workflow_has_a_note_naming_its_model_files_and_a_models_list() -> None:
@@ -119,9 +159,12 @@ def test_every_workflow_has_a_note_naming_its_model_files_and_a_models_list() ->
             value
             for node in workflow["nodes"]
             for value in node.get("widgets_values") or []
-            if isinstance(value, str) and value.endswith(".safetensors")
+            if isinstance(value, str) and value.endswith(MODEL_FILE_SUFFIXES)
         }
         assert file_inputs == {m["name"] for m in workflow["models"]}, name
+        # The loaders carry their files too (the frontend's missing-model check reads them there).
+        node_models = [m for node in workflow["nodes"] for m in (node.get("properties") or {}).get("models") or []]
+        assert sorted(map(json.dumps, node_models)) == sorted(map(json.dumps, workflow["models"])), name
 
 
 def test_layout_is_left_to_right_without_overlaps() -> None:
@@ -158,16 +201,31 @@ def test_workflows_carry_the_published_settings(info: ObjectInfo) -> None:
             continue
         (sampler,) = _nodes(prompt, "TrajectoryConsistencySampler")
         (scheduler,) = _nodes(prompt, "TrajectoryConsistencyScheduler")
-        (guider,) = _nodes(prompt, "CFGGuider")
         (loader,) = _nodes(prompt, "TrajectoryConsistencyLoraLoader")
-        assert (sampler["gamma"], sampler["gamma_schedule"]) == (0.3, "constant")
-        assert (scheduler["steps"], scheduler["original_inference_steps"]) == (4, 50)
-        assert guider["cfg"] == 1.0
         assert loader["tcd_lora_strength"] == 1.0
-        assert len(_nodes(prompt, "SamplerCustomAdvanced")) == 1
+        assert scheduler["original_inference_steps"] == 50
         assert scheduler["strength"] == (0.5 if name == "tcd_sdxl_img2img" else 1.0), name
-        expected_lora = "TCD-SD15-LoRA.safetensors" if "sd15" in name else "TCD-SDXL-LoRA.safetensors"
-        assert loader["tcd_lora"] == expected_lora
+        if name == "tcd_hyper_sd_1step":  # Hyper-SD's own recipe: TCD with eta 1 from timestep 800
+            assert (sampler["gamma"], sampler["gamma_schedule"], sampler["unit_start_noise"]) == (1.0, "constant", True)
+            assert (scheduler["steps"], scheduler["timesteps"]) == (1, "800")
+            assert loader["tcd_lora"] == "Hyper-SDXL-1step-lora.safetensors"
+        else:
+            assert (sampler["gamma"], sampler["gamma_schedule"], sampler["unit_start_noise"]) == (
+                0.3,
+                "constant",
+                False,
+            )
+            assert (scheduler["steps"], scheduler["timesteps"]) == (5 if name == "tcd_animatediff_sd15" else 4, "")
+            expected_lora = "TCD-SD15-LoRA.safetensors" if "sd15" in name else "TCD-SDXL-LoRA.safetensors"
+            assert loader["tcd_lora"] == expected_lora
+        if name == "tcd_animatediff_sd15":  # SamplerCustom: its own cfg
+            (custom,) = _nodes(prompt, "SamplerCustom")
+            assert custom["cfg"] == 1.0 and custom["add_noise"] is True
+            assert not _nodes(prompt, "SamplerCustomAdvanced")
+        else:
+            (guider,) = _nodes(prompt, "CFGGuider")
+            assert guider["cfg"] == 1.0
+            assert len(_nodes(prompt, "SamplerCustomAdvanced")) == 1
     for name in ("tcd_sdxl_controlnet_canny", "tcd_sdxl_controlnet_depth"):
         (apply,) = _nodes(prompts[name], "ControlNetApplyAdvanced")
         assert apply["strength"] == 0.5
@@ -180,6 +238,10 @@ def test_workflows_carry_the_published_settings(info: ObjectInfo) -> None:
     assert (loader["style_lora_1"], loader["style_lora_1_strength"]) == ("papercut.safetensors", 1.0)
     assert any(text["text"].startswith("papercut") for text in _nodes(papercut, "CLIPTextEncode"))
     assert _nodes(prompts["tcd_sdxl_img2img"], "VAEEncode")
+    animation = prompts["tcd_animatediff_sd15"]
+    (latent,) = _nodes(animation, "EmptyLatentImage")
+    assert latent["batch_size"] == 16  # frames
+    assert _nodes(animation, "ADE_UseEvolvedSampling") and _nodes(animation, "SaveAnimatedWEBP")
 
 
 # --- broken copies ------------------------------------------------------------------------------------
@@ -189,10 +251,23 @@ def _node_of(workflow: dict[str, Any], node_type: str) -> dict[str, Any]:
     return next(n for n in workflow["nodes"] if n["type"] == node_type)
 
 
-def test_broken_copies_fail_with_the_right_message(info: ObjectInfo) -> None:
+def _only_reason(answer: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The one node error of a /prompt answer, beside the missing model files: (node id, reason)."""
+    found = [
+        (node_id, reason)
+        for node_id, node in answer["node_errors"].items()
+        for reason in node["errors"]
+        if not names_a_missing_file(reason)
+    ]
+    assert len(found) == 1, answer
+    return found[0]
+
+
+def test_broken_copies_fail_with_the_right_message(info: ObjectInfo, comfy_server: ComfyServer) -> None:
     original = read("tcd_sdxl_text_to_image")
     assert validate_workflow(original, info).ok
 
+    # An unknown node type: workflow_tools names it (a conversion needs every node's schema).
     unknown = copy.deepcopy(original)
     scheduler = _node_of(unknown, "TrajectoryConsistencyScheduler")
     scheduler["type"] = "TrajectoryConsistencySchedulr"
@@ -203,31 +278,63 @@ def test_broken_copies_fail_with_the_right_message(info: ObjectInfo) -> None:
         'unknown node type "TrajectoryConsistencySchedulr"'
     )
 
+    # Values out of range and links of the wrong type: ComfyUI's own validation names them.
     out_of_range = copy.deepcopy(original)
     sampler = _node_of(out_of_range, "TrajectoryConsistencySampler")
     sampler["widgets_values"][0] = 1.5
-    errors = validate_workflow(out_of_range, info).errors
-    assert [str(e) for e in errors] == [
-        f'error: node {sampler["id"]} "TCD Sampler" (TrajectoryConsistencySampler), input "gamma": '
-        "1.5 is above the maximum 1.0"
-    ]
+    status, answer = prompt_answer(comfy_server, to_api(out_of_range, info))
+    node_id, reason = _only_reason(answer)
+    assert status == 400 and node_id == str(sampler["id"])
+    assert reason["type"] == "value_bigger_than_max" and reason["details"] == "gamma", reason
+    assert reason["message"] == "Value 1.5 bigger than max of 1.0"
 
     wrong_link = copy.deepcopy(original)
     decode = _node_of(wrong_link, "VAEDecode")
-    checkpoint = _node_of(wrong_link, "CheckpointLoaderSimple")
     vae_link = next(i["link"] for i in decode["inputs"] if i["name"] == "vae")
     for link in wrong_link["links"]:
         if link[0] == vae_link:
             link[2], link[5] = 1, "CLIP"  # the checkpoint's CLIP into VAEDecode.vae
-    errors = validate_workflow(wrong_link, info).errors
-    assert len(errors) == 1, errors
-    message = str(errors[0])
-    assert message.startswith(f'error: node {decode["id"]} "VAE Decode" (VAEDecode), input "vae": ')
+    status, answer = prompt_answer(comfy_server, to_api(wrong_link, info))
+    node_id, reason = _only_reason(answer)
+    assert status == 400 and node_id == str(decode["id"])
+    assert reason["type"] == "return_type_mismatch", reason
+    assert reason["details"] == "vae, received_type(CLIP) mismatch input_type(VAE)"
+
+    too_small = read("tcd_sd15_text_to_image")
+    latent = _node_of(too_small, "EmptyLatentImage")
+    latent["widgets_values"][0] = 8
+    status, answer = prompt_answer(comfy_server, to_api(too_small, info))
+    node_id, reason = _only_reason(answer)
+    assert status == 400 and node_id == str(latent["id"])
+    assert (reason["type"], reason["details"]) == ("value_smaller_than_min", "width"), reason
+
+    not_a_choice = read("tcd_sdxl_ksampler")
+    ksampler = _node_of(not_a_choice, "KSampler")
+    ksampler["widgets_values"][4] = "euler_x"  # seed, control, steps, cfg, sampler_name
+    ksampler["widgets_values"][3] = "abc"
+    status, answer = prompt_answer(comfy_server, to_api(not_a_choice, info))
+    reasons = {
+        r["details"].split(":")[0].split(",")[0]: r for r in answer["node_errors"][str(ksampler["id"])]["errors"]
+    }
+    assert status == 400 and reasons.keys() == {"sampler_name", "cfg"}, answer
     assert (
-        f'brings CLIP from output 1 "CLIP" of node {checkpoint["id"]} "Load Checkpoint" (CheckpointLoaderSimple)'
-        in (message)
+        reasons["sampler_name"]["type"] == "value_not_in_list"
+        and "'euler_x' not in" in reasons["sampler_name"]["details"]
     )
-    assert message.endswith("but this input takes VAE: types do not match")
+    assert reasons["cfg"]["type"] == "invalid_input_type", reasons["cfg"]
+
+    unconnected = copy.deepcopy(original)
+    prompt = to_api(unconnected, info)
+    decode_id = str(_node_of(unconnected, "VAEDecode")["id"])
+    del prompt[decode_id]["inputs"]["vae"]
+    status, answer = prompt_answer(comfy_server, prompt)
+    node_id, reason = _only_reason(answer)
+    assert status == 400 and node_id == decode_id
+    assert (reason["type"], reason["details"]) == ("required_input_missing", "vae"), reason
+
+    no_output = {k: v for k, v in to_api(original, info).items() if v["class_type"] != "SaveImage"}
+    status, answer = prompt_answer(comfy_server, no_output)
+    assert status == 400 and answer["error"]["type"] == "prompt_no_outputs", answer
 
 
 def test_cli_against_the_live_server(comfy_server: ComfyServer, tmp_path: Path) -> None:
@@ -236,61 +343,60 @@ def test_cli_against_the_live_server(comfy_server: ComfyServer, tmp_path: Path) 
             [sys.executable, "-m", "workflow_tools", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
         )
 
+    recordings = [arg for recording in PACK_RECORDINGS for arg in ("--object-info", str(recording))]
     files = [str(WORKFLOWS_DIR / f"{name}.json") for name in NAMES]
-    result = cli("validate", *files, "--object-info", comfy_server.url, "--object-info", str(IPADAPTER_FIXTURE))
+    result = cli("validate", *files, "--object-info", comfy_server.url, *recordings)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count(": ok (") == len(NAMES)
     without_fixture = cli("validate", files[NAMES.index("tcd_sdxl_ip_adapter")], "--object-info", comfy_server.url)
     assert without_fixture.returncode == 1 and 'unknown node type "IPAdapterAdvanced"' in without_fixture.stdout
     broken = read("tcd_sd15_text_to_image")
-    _node_of(broken, "EmptyLatentImage")["widgets_values"][0] = 8
+    _node_of(broken, "EmptyLatentImage")["widgets_values"].append(7)
     broken_path = tmp_path / "broken.json"
     broken_path.write_text(json.dumps(broken))
     failed = cli("validate", str(broken_path), "--object-info", comfy_server.url + "/object_info")
     assert failed.returncode == 1
-    assert '"Empty Latent Image" (EmptyLatentImage), input "width": 8 is below the minimum 16' in failed.stdout
-    converted = cli("convert", files[0], "--object-info", comfy_server.url, "--object-info", str(IPADAPTER_FIXTURE))
+    assert '"Empty Latent Image" (EmptyLatentImage): has 4 widget values but its widgets' in failed.stdout
+    converted = cli("convert", files[0], "--object-info", comfy_server.url, *recordings)
     assert converted.returncode == 0, converted.stderr
-    info = ObjectInfo(comfy_server.object_info(), load_object_info(IPADAPTER_FIXTURE))
+    info = ObjectInfo(comfy_server.object_info(), *(load_object_info(r) for r in PACK_RECORDINGS))
     assert json.loads(converted.stdout) == to_api(read(NAMES[0]), info)
 
 
 # --- end to end ---------------------------------------------------------------------------------------
 
 
-def _input_images() -> dict[str, Image.Image]:
-    """Small input pictures for the workflows' Load Image nodes, by the names the workflows use."""
+def _input_image(name: str) -> Image.Image:
+    """A small input picture for a Load Image node: a depth-like gradient for depth maps, else shapes."""
+    if "depth" in name:
+        depth = Image.linear_gradient("L").resize((96, 96)).convert("RGB")
+        ImageDraw.Draw(depth).ellipse([30, 30, 70, 70], fill=(255, 255, 255))
+        return depth
     shapes = Image.new("RGB", (96, 96), (230, 225, 210))
     draw = ImageDraw.Draw(shapes)
     draw.rectangle([12, 20, 60, 70], fill=(200, 40, 30))
     draw.ellipse([40, 10, 88, 58], fill=(30, 60, 190))
-    depth = Image.linear_gradient("L").resize((96, 96)).convert("RGB")
-    ImageDraw.Draw(depth).ellipse([30, 30, 70, 70], fill=(255, 255, 255))
-    return {
-        GEN.CANNY_SOURCE: shapes,
-        GEN.DEPTH_MAP: depth,
-        GEN.IMG2IMG_SOURCE: shapes.rotate(90),
-        GEN.IP_REFERENCE: shapes,
-    }
+    return shapes
+
+
+# The random-weight SD1.5 test model standing in for each model folder; style LoRAs by name.
+TEST_MODEL_FOR_FOLDER = {"checkpoints": "checkpoint_sd15", "loras": "lora_sd15", "controlnet": "controlnet_sd15"}
+STYLE_LORAS = {"papercut.safetensors"}
 
 
 def _substitutions(test_models: dict[str, Path]) -> dict[str, str]:
     """Real model file names -> the random-weight SD1.5 test models standing in for them."""
-    checkpoint, lora = test_models["checkpoint_sd15"].name, test_models["lora_sd15"].name
-    controlnet = test_models["controlnet_sd15"].name
-    return {
-        GEN.SDXL_BASE.name: checkpoint,
-        GEN.SD15_BASE.name: checkpoint,
-        GEN.TCD_SDXL.name: lora,
-        GEN.TCD_SD15.name: lora,
-        GEN.PAPERCUT.name: test_models["lora_style_sd15"].name,
-        GEN.CANNY_SDXL.name: controlnet,
-        GEN.DEPTH_SDXL.name: controlnet,
-    }
+    substitutions = {}
+    for name in RUNNABLE:
+        for model in read(name)["models"]:
+            key = "lora_style_sd15" if model["name"] in STYLE_LORAS else TEST_MODEL_FOR_FOLDER[model["directory"]]
+            substitutions[model["name"]] = test_models[key].name
+    return substitutions
 
 
 def for_test_models(prompt: dict[str, Any], substitutions: dict[str, str], seed: int) -> dict[str, Any]:
-    """The API prompt with test models, SIZE x SIZE images, STEPS steps and a fresh seed (no cache hits)."""
+    """The API prompt with test models, SIZE x SIZE images, STEPS steps (unless a timestep list sets
+    them) and a fresh seed (no cache hits)."""
     prompt = copy.deepcopy(prompt)
     for entry in prompt.values():
         inputs = entry["inputs"]
@@ -302,15 +408,16 @@ def for_test_models(prompt: dict[str, Any], substitutions: dict[str, str], seed:
         for key in ("seed", "noise_seed"):
             if key in inputs:
                 inputs[key] = seed
-        if entry["class_type"] in ("TrajectoryConsistencyScheduler", "KSampler"):
+        if entry["class_type"] in ("TrajectoryConsistencyScheduler", "KSampler") and not inputs.get("timesteps"):
             inputs["steps"] = STEPS
     return prompt
 
 
 @pytest.fixture(scope="module")
 def runnable_server(comfy_server: ComfyServer) -> Iterator[ComfyServer]:
-    for name, image in _input_images().items():
-        image.save(comfy_server.input_dir / name)
+    for name in RUNNABLE:
+        for image in input_image_names(read(name)):
+            _input_image(image).save(comfy_server.input_dir / image)
     yield comfy_server
 
 

@@ -18,7 +18,9 @@ DEFAULT_SERVER = "http://127.0.0.1:8188"
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m workflow_tools",
-        description="Validate ComfyUI UI-format workflows against /object_info, or convert them to API format.",
+        description="Check ComfyUI UI-format workflows against /object_info for what ComfyUI's own prompt "
+        "validation cannot see (unknown node types, widget values that do not fit, broken links, the models list), "
+        "or convert them to API format; ComfyUI checks values, choices and link types when the prompt is queued.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     sources = {
@@ -30,12 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check workflows; exit status 1 on any error")
     validate.add_argument("workflows", nargs="+", type=Path, metavar="WORKFLOW.json")
     validate.add_argument("--object-info", dest="object_info", **sources)
-    validate.add_argument("--strict-files", action="store_true", help="missing model/input files are errors")
     validate.add_argument("--quiet", "-q", action="store_true", help="print errors only")
     convert = commands.add_parser("convert", help="print the API-format prompt of a workflow")
     convert.add_argument("workflow", type=Path, metavar="WORKFLOW.json")
     convert.add_argument("--object-info", dest="object_info", **sources)
-    convert.add_argument("--strict-files", action="store_true", help="missing model/input files are errors")
     return parser
 
 
@@ -51,7 +51,7 @@ def _validate(options: argparse.Namespace, info: ObjectInfo) -> int:
     failed = 0
     for path in options.workflows:
         try:
-            report = validate_workflow(_read_workflow(path), info, options.strict_files)
+            report = validate_workflow(_read_workflow(path), info)
         except (OSError, ValueError) as error:  # unreadable file, bad JSON, not a UI workflow
             print(f"{path}: FAILED: {error}")
             failed += 1
@@ -69,7 +69,7 @@ def _validate(options: argparse.Namespace, info: ObjectInfo) -> int:
 
 def _convert(options: argparse.Namespace, info: ObjectInfo) -> int:
     try:
-        report = validate_workflow(_read_workflow(options.workflow), info, options.strict_files)
+        report = validate_workflow(_read_workflow(options.workflow), info)
     except (OSError, ValueError) as error:
         print(f"{options.workflow}: {error}", file=sys.stderr)
         return 1

@@ -63,8 +63,31 @@ def _is_one_of(values: list[Any], index: int, words: frozenset[str]) -> bool:
     return index < len(values) and isinstance(values[index], str) and values[index] in words
 
 
+def _widget_default(spec: InputSpec) -> Any:
+    """The value the frontend gives a widget the saved workflow has no value for: its default, else a
+    single-choice combo's first choice (_MISSING when there is neither)."""
+    if "default" in spec.options:
+        return spec.options["default"]
+    if spec.type == "COMBO" and spec.choices and not spec.multiselect:
+        return spec.choices[0]
+    return _MISSING
+
+
+_MISSING = object()
+
+
 def map_widget_values(node: Mapping[str, Any], schema: NodeSchema, label: str) -> tuple[dict[str, Any], list[Issue]]:
-    """A node's widgets_values as {input name: value}, in the frontend's widget order."""
+    """A node's widgets_values as {input name: value}, in the frontend's widget order. Widgets the
+    workflow holds no value for (inputs added to a node after it was saved) get what the frontend
+    gives them on loading: their default."""
+    mapped, issues = _saved_widget_values(node, schema, label)
+    for spec in schema.widget_inputs:
+        if spec.name not in mapped and (default := _widget_default(spec)) is not _MISSING:
+            mapped[spec.name] = default
+    return mapped, issues
+
+
+def _saved_widget_values(node: Mapping[str, Any], schema: NodeSchema, label: str) -> tuple[dict[str, Any], list[Issue]]:
     values = node.get("widgets_values")
     if values is None:
         return {}, []

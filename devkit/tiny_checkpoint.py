@@ -1,0 +1,56 @@
+"""A tiny random-weight SD1.5-family single-file checkpoint, for trainer tests that must run many steps.
+
+    path = build_tiny_sd15_checkpoint(out_dir)   # models/checkpoints layout: one .safetensors
+
+ComfyUI detects it as SD1.5 (``comfy.supported_models.SD15``: 320 model channels, 768-wide context), but
+its UNet has one resolution level, one res block and one transformer block (~6M parameters) instead of
+four levels (860M), so a distillation step on 8x8 latents takes milliseconds on a CPU. The text encoder
+and VAE are the real-size ones of the SD1.5 test checkpoint (devkit.model_files; ComfyUI's CLIP-L and SD
+VAE have fixed shapes), copied over unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from devkit.build_test_models import SD15_UNET_CONFIG, fill_module, model_config_for
+
+TINY_SD15_UNET_CONFIG = dict(
+    SD15_UNET_CONFIG,
+    num_res_blocks=[1],
+    channel_mult=[1],
+    transformer_depth=[1],
+    transformer_depth_output=[1, 1],
+    transformer_depth_middle=1,
+)
+TINY_SEED = 1502
+NAME = "tcd-tiny-sd15.safetensors"
+
+
+def build_tiny_sd15_checkpoint(out_dir: Path | str, source_checkpoint: Path | str | None = None) -> Path:
+    """Write ``out_dir/checkpoints/tcd-tiny-sd15.safetensors`` (once; reused when present)."""
+    import comfy.utils
+    import torch
+    from safetensors import safe_open
+
+    from devkit.model_files import ensure_test_models
+
+    path = Path(out_dir) / "checkpoints" / NAME
+    if path.is_file():
+        return path
+    source = Path(source_checkpoint) if source_checkpoint else ensure_test_models()["checkpoint_sd15"]
+    gen = torch.Generator().manual_seed(TINY_SEED)
+    model_config = model_config_for(TINY_SD15_UNET_CONFIG, torch.float16)
+    model = model_config.get_model({}, device=torch.device("cpu"))
+    fill_module(model.diffusion_model, gen)
+    tensors = {f"model.diffusion_model.{k}": v for k, v in model.diffusion_model.state_dict().items()}
+    with safe_open(str(source), framework="pt") as f:
+        for key in f.keys():
+            if key.startswith(("cond_stage_model.", "first_stage_model.")):
+                tensors[key] = f.get_tensor(key)
+    tensors = {k: (v.to(torch.float16) if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    comfy.utils.save_torch_file(tensors, str(tmp), metadata={"modelspec.architecture": "stable-diffusion-v1"})
+    tmp.replace(path)
+    return path

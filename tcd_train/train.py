@@ -1,0 +1,292 @@
+"""The training loop on accelerate: DDP over the LoRA adapters, accumulation, mixed precision, checkpoints.
+
+    accelerate launch -m tcd_train --pretrained_model sd15.safetensors --train_shards_path_or_url \
+        'shards/{00000..00999}.tar' --resolution 512 --train_batch_size 8 --mixed_precision bf16 ...
+
+One optimizer step = ``gradient_accumulation_steps`` micro-batches of ``train_batch_size`` samples per
+process; each process draws its samples' noise and training points from generators keyed by the global
+sample index (tcd_train.data), so W processes with batch B train exactly what one process with batch W B
+trains, and a resumed run continues the same sample stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tcd_train import data as data_mod
+from tcd_train import engine
+from tcd_train.options import build_parser, check_options, parse_resolution
+from tcd_train.pack import TrainerError, import_comfyui
+
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+class TrainState:
+    """What accelerate's save_state does not know: the optimizer step reached and the EMA target."""
+
+    def __init__(self, run: Any) -> None:
+        self.step = 0
+        self.run = run
+
+    def state_dict(self) -> dict:
+        state: dict[str, Any] = {"step": self.step}
+        if self.run.ema is not None:
+            state["ema"] = self.run.ema.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+        if self.run.ema is not None and "ema" in state:
+            self.run.ema.load_state_dict(state["ema"])
+
+
+def checkpoints(output_dir: str) -> list[Path]:
+    """Checkpoint folders in ``output_dir``, oldest first."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and re.fullmatch(rf"{CHECKPOINT_PREFIX}\d+", p.name)]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
+
+
+def resume_path(args: argparse.Namespace) -> Path | None:
+    if not args.resume_from_checkpoint:
+        return None
+    if args.resume_from_checkpoint == "latest":
+        found = checkpoints(args.output_dir)
+        return found[-1] if found else None  # nothing yet: a fresh run, as diffusers' scripts do
+    path = Path(args.resume_from_checkpoint)
+    if not path.is_dir():
+        raise TrainerError(f"--resume_from_checkpoint {path}: no such checkpoint folder")
+    return path
+
+
+def open_source(args: argparse.Namespace, resolution) -> Any:
+    """The data source, checked before any model is loaded (folder listing, shard headers, cache index)."""
+    if args.latents_cache and (Path(args.latents_cache) / data_mod.CACHE_INDEX).is_file():
+        return data_mod.LatentsCache(args.latents_cache, resolution)
+    if args.train_data_dir:
+        return data_mod.ImageFolder(args.train_data_dir)
+    return data_mod.ShardStream(args.train_shards_path_or_url)
+
+
+def make_optimizer(args: argparse.Namespace, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    kwargs = dict(lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)  # fmt: skip
+    if args.use_8bit_adam:
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(params, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
+
+
+def _tensorboard_available() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _oom_report(error: Exception, device: torch.device, args: argparse.Namespace) -> TrainerError:
+    """A batch that does not fit, with the memory it needed (peak reached + the allocation that failed)."""
+    match = re.search(r"Tried to allocate ([\d.]+) (GiB|MiB)", str(error))
+    failed = float(match.group(1)) * (1 if match and match.group(2) == "GiB" else 1 / 1024) if match else 0.0
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+    total = torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda" else 0.0
+    return TrainerError(
+        f"--train_batch_size {args.train_batch_size} at --resolution {args.resolution} does not fit: the first step "
+        f"needed more than {peak + failed:.1f} GiB (peak {peak:.1f} GiB + a failed {failed:.2f} GiB allocation) of "
+        f"{total:.1f} GiB; lower the batch (raise --gradient_accumulation_steps instead), add "
+        "--gradient_checkpointing or --mixed_precision bf16"
+    )
+
+
+def train(args: argparse.Namespace, draws: Any = None) -> dict:
+    """Run the whole training; returns a summary (also printed as one JSON line by ``main``)."""
+    check_options(args)
+    resolution = parse_resolution(args.resolution)
+    source = open_source(args, resolution)
+    resume = resume_path(args)
+
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    log_with = "tensorboard" if args.report_to == "tensorboard" and _tensorboard_available() else None
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        cpu=args.cpu,
+        log_with=log_with,
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=str(Path(args.output_dir) / "logs")),
+    )
+    device = accelerator.device
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # before ComfyUI's model_management picks its device
+    import_comfyui(args.comfyui, cpu=device.type == "cpu")
+    import comfy.model_management  # noqa: F401 - after the device choice
+
+    family = engine.detect_family(args.pretrained_model)
+    engine.check_resolution(resolution, family)
+    compute_dtype = engine.COMPUTE_DTYPES[accelerator.mixed_precision]
+    patcher, clip, vae = engine.load_checkpoint(args.pretrained_model, compute_dtype)
+    run = engine.open_run(patcher, args, compute_dtype)
+    is_main = accelerator.is_main_process
+    os.makedirs(args.output_dir, exist_ok=True)
+
+    with torch.inference_mode(False), run:
+        text = engine.TextEncoder(clip)
+        builder = engine.BatchBuilder(run, vae, text, args.negative_prompt, resolution, args.crop, args.random_flip,
+                                      draws or engine.IndexedDraws(args.seed))  # fmt: skip
+        if args.latents_cache and not isinstance(source, data_mod.LatentsCache):
+            if is_main:
+                samples = source.one_epoch() if isinstance(source, data_mod.ShardStream) else (
+                    source.load(i, i) for i in range(len(source)))  # fmt: skip
+                center = torch.Generator()
+
+                def encode(batch: list) -> torch.Tensor:
+                    pixels = [data_mod.prepare_image(s.image, resolution, "center", False, center)[0] for s in batch]
+                    return builder.encode_pixels(torch.stack(pixels))
+
+                count = data_mod.write_latents_cache(args.latents_cache, resolution, samples, encode)
+                print(f"tcd_train: encoded {count} images into {args.latents_cache}", file=sys.stderr)
+            accelerator.wait_for_everyone()
+            source = data_mod.LatentsCache(args.latents_cache, resolution)
+
+        module = engine.DistillModule(run)
+        params = [p for p in module.parameters() if p.requires_grad]
+        optimizer = make_optimizer(args, params)
+        schedule = engine.lr_lambda(args.lr_scheduler, args.lr_warmup_steps, args.max_train_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        run.optimizer = optimizer  # the run's cleanup zeroes this one's gradients
+        module, optimizer = accelerator.prepare(module, optimizer)
+        state = TrainState(run)
+        accelerator.register_for_checkpointing(scheduler, state)
+        if resume is not None:
+            accelerator.load_state(str(resume))
+            if is_main:
+                print(f"tcd_train: resumed from {resume} at step {state.step}", file=sys.stderr)
+        if log_with and is_main:
+            accelerator.init_trackers("tcd_train", config={k: v for k, v in vars(args).items()
+                                                           if isinstance(v, (int, float, str, bool))})  # fmt: skip
+
+        world, rank = accelerator.num_processes, accelerator.process_index
+        accumulation = args.gradient_accumulation_steps
+        data = data_mod.ProcessData(source, args.seed, rank, world, args.train_batch_size, state.step * accumulation)
+        metadata = {"tcd_train": json.dumps({k: v for k, v in vars(args).items() if k != "stop_at_step"}, default=str),
+                    "tcd_method": args.method, "tcd_rank": str(args.lora_rank)}  # fmt: skip
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=args.max_train_steps, initial=state.step, disable=not is_main, desc="steps")
+        start_step, started = state.step, time.perf_counter()
+        last_loss = float("nan")
+        while state.step < args.max_train_steps:
+            losses = []
+            try:
+                for _ in range(accumulation):
+                    batch = builder.build(data.next_batch())
+                    with accelerator.accumulate(module):
+                        loss = module(batch.x0, batch.noise, batch.points, batch.cond, batch.uncond)
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients and args.max_grad_norm > 0:
+                            accelerator.clip_grad_norm_(params, args.max_grad_norm)
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                    losses.append(loss.detach())
+            except torch.OutOfMemoryError as error:
+                if state.step == start_step:
+                    raise _oom_report(error, device, args) from None
+                raise
+            if not accelerator.optimizer_step_was_skipped:
+                scheduler.step()
+            if run.ema is not None:
+                run.ema.update(run.params)
+            state.step += 1
+            last_loss = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
+            progress.update(1)
+            if state.step % args.log_every == 0:
+                lr = scheduler.get_last_lr()[0]
+                progress.set_postfix(loss=f"{last_loss:.4g}", lr=f"{lr:.3g}")
+                if log_with:
+                    accelerator.log({"loss": last_loss, "lr": lr}, step=state.step)
+            if state.step % args.checkpointing_steps == 0 and state.step < args.max_train_steps:
+                save_checkpoint(accelerator, args, run, state.step, metadata)
+            if args.validation_steps and state.step % args.validation_steps == 0:
+                validate(accelerator, args, run, vae, text, resolution, state.step)
+            if args.stop_at_step == state.step:
+                accelerator.wait_for_everyone()
+                os.kill(os.getpid(), signal.SIGKILL)  # tests: end like a killed job, nothing more written
+        elapsed = time.perf_counter() - started
+        progress.close()
+        accelerator.wait_for_everyone()
+        lora_path = Path(args.output_dir) / f"{args.output_name}.safetensors"
+        if is_main:
+            engine.save_lora(run, str(lora_path), {**metadata, "tcd_steps": str(state.step)})
+        accelerator.end_training()
+        steps_run = state.step - start_step
+        summary = {
+            "steps": state.step,
+            "steps_run": steps_run,
+            "processes": world,
+            "loss": last_loss,
+            "seconds": elapsed,
+            "steps_per_s": steps_run / elapsed if elapsed > 0 else float("nan"),
+            "images_per_s": steps_run * world * args.train_batch_size * accumulation / elapsed if elapsed else 0.0,
+            "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+            "lora": str(lora_path),
+        }
+    return summary
+
+
+def save_checkpoint(accelerator: Any, args: argparse.Namespace, run: Any, step: int, metadata: dict) -> None:
+    """accelerate's state (adapters, optimizer, scheduler, RNG, TrainState) and the LoRA so far."""
+    path = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{step}"
+    if accelerator.is_main_process and args.checkpoints_total_limit:
+        for old in checkpoints(args.output_dir)[: max(0, len(checkpoints(args.output_dir)) - args.checkpoints_total_limit + 1)]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(path))
+    if accelerator.is_main_process:
+        engine.save_lora(run, str(path / f"{args.output_name}.safetensors"), {**metadata, "tcd_steps": str(step)})
+    accelerator.wait_for_everyone()
+
+
+def validate(accelerator: Any, args: argparse.Namespace, run: Any, vae: Any, text: Any, resolution, step: int) -> None:
+    """Validation images from the main process (the others wait), PNG files and TensorBoard."""
+    if accelerator.is_main_process and args.validation_prompts:
+        images = engine.validation_images(run, vae, text, args.validation_prompts, resolution,
+                                          args.validation_inference_steps, args.validation_gamma, args.seed)  # fmt: skip
+        folder = Path(args.output_dir) / "validation"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, image in enumerate(images):
+            image.save(folder / f"step-{step:06d}-{i}.png")
+        tracker = next((t for t in accelerator.trackers if t.name == "tensorboard"), None)
+        if tracker is not None:
+            import numpy as np
+
+            for i, image in enumerate(images):
+                tracker.writer.add_image(f"validation/{i}", np.asarray(image), step, dataformats="HWC")
+    accelerator.wait_for_everyone()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        summary = train(args)
+    except TrainerError as error:
+        print(f"tcd_train: error: {error}", file=sys.stderr)
+        return 2
+    if summary.get("processes") is not None and int(os.environ.get("RANK", "0")) == 0:
+        print("tcd_train summary: " + json.dumps(summary))
+    return 0

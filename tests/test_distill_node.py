@@ -1,0 +1,509 @@
+"""TCD Distill LoRA inside a real ComfyUI: in process on a tiny SD1.5-family UNet (real BaseModel,
+ModelPatcher, weight adapters and LoRA loading) for the fine checks, and through the HTTP server on the
+random-weight SD1.5 test checkpoint for training, saving, reloading, sampling and Cancel."""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import time
+import urllib.request
+import uuid
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from devkit.host import ComfyServer
+from devkit.inprocess import Comfy, load_comfy, run_node
+from devkit.model_files import default_models_dir
+
+NODE_ID = "TrajectoryConsistencyDistillLoRA"
+CKPT = "tcd-test-sd15.safetensors"
+CONTEXT_DIM = 64
+# ComfyUI's SD1.5 UNet layout, shrunk: the same block kinds (resnets, spatial transformers, down/up samplers).
+TINY_SD15_UNET = {
+    "use_checkpoint": False,
+    "image_size": 32,
+    "out_channels": 4,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "adm_in_channels": None,
+    "in_channels": 4,
+    "model_channels": 32,
+    "num_res_blocks": [1, 1],
+    "transformer_depth": [1, 1],
+    "channel_mult": [1, 2],
+    "transformer_depth_middle": 1,
+    "use_linear_in_transformer": False,
+    "context_dim": CONTEXT_DIM,
+    "num_heads": 2,
+    "transformer_depth_output": [1, 1, 1, 1],
+    "use_temporal_attention": False,
+    "use_temporal_resblock": False,
+}
+
+
+# --- in process ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def comfy(test_models: dict) -> Comfy:
+    return load_comfy(default_models_dir())
+
+
+@pytest.fixture(scope="module")
+def node(comfy: Comfy) -> Any:
+    return comfy.node(NODE_ID)
+
+
+@pytest.fixture(scope="module")
+def training(comfy: Comfy) -> ModuleType:
+    return importlib.import_module(comfy.pack_nodes.__name__ + ".distill_training")
+
+
+def tiny_model(seed: int = 0) -> Any:
+    """A random-weight SD1.5-family model (ComfyUI's SD15 config class) in a real ModelPatcher, fp32."""
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    from devkit.build_test_models import fill_module
+
+    config = comfy.supported_models.SD15(dict(TINY_SD15_UNET, dtype=torch.float32))
+    config.set_inference_dtype(torch.float32, None)
+    base = config.get_model({})
+    fill_module(base.diffusion_model, torch.Generator().manual_seed(seed), weight_std=0.05)
+    device = comfy.model_management.get_torch_device()
+    return comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=device)
+
+
+def conditioning(seed: int, count: int = 1) -> list:
+    gen = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, 77, CONTEXT_DIM, generator=gen), {}] for _ in range(count)]
+
+
+def latents(count: int = 2, size: int = 8, seed: int = 7) -> dict:
+    return {"samples": torch.randn(count, 4, size, size, generator=torch.Generator().manual_seed(seed))}
+
+
+def inputs(**overrides: Any) -> dict:
+    """The node's inputs as ComfyUI passes them to an is_input_list node: every value in a list."""
+    values = {
+        "model": tiny_model(),
+        "latents": latents(),
+        "positive": conditioning(1),
+        "negative": conditioning(2),
+        "batch_size": 2,
+        "grad_accumulation_steps": 1,
+        "steps": 2,
+        "learning_rate": 1e-3,
+        "rank": 4,
+        "optimizer": "AdamW",
+        "seed": 0,
+        "training_dtype": "fp32",
+        "lora_dtype": "fp32",
+        "gradient_checkpointing": True,
+        "existing_lora": "None",
+        "guidance_min": 3.0,
+        "guidance_max": 15.0,
+        "num_ddim_timesteps": 50,
+        "ema_decay": 0.0,
+        "loss": "huber",
+        "huber_c": 0.001,
+        "s_rule": "uniform",
+        "s_zero_share": 0.2,
+        "method": "tcd",
+    }
+    values.update(overrides)
+    return {name: value if isinstance(value, list) and name in ("latents", "positive", "negative") else [value]
+            for name, value in values.items()}  # fmt: skip
+
+
+def run(node: Any, **overrides: Any) -> tuple:
+    return tuple(node.execute(**inputs(**overrides)).args)
+
+
+def unet_output(model: Any, seed: int = 3) -> torch.Tensor:
+    """The model's raw UNet output on fixed input, as sampling computes it (ComfyUI loads and patches it)."""
+    import comfy.model_management
+
+    comfy.model_management.load_models_gpu([model])
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 4, 8, 8, generator=gen)
+    context = torch.randn(1, 77, CONTEXT_DIM, generator=gen)
+    with torch.no_grad():
+        return model.model.diffusion_model(x, torch.tensor([500.0]), context=context).clone()
+
+
+def weights(model: Any) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.model.diffusion_model.state_dict().items()}
+
+
+def test_the_node_is_registered_with_train_loras_outputs(comfy: Comfy, node: Any) -> None:
+    schema = node.define_schema()
+    assert (schema.node_id, schema.display_name, schema.category) == (NODE_ID, "TCD Distill LoRA", "training")
+    assert [o.io_type for o in schema.outputs] == ["MODEL", "LORA_MODEL", "LOSS_MAP", "INT"]
+    train_lora = comfy.node("TrainLoraNode").define_schema()
+    assert [o.io_type for o in schema.outputs] == [o.io_type for o in train_lora.outputs]
+    names = [i.id for i in schema.inputs]
+    assert names[:4] == ["model", "latents", "positive", "negative"]
+    shared = {"batch_size", "grad_accumulation_steps", "steps", "learning_rate", "rank", "optimizer", "seed",
+              "training_dtype", "lora_dtype", "gradient_checkpointing", "existing_lora"}  # fmt: skip
+    assert shared <= set(names) and shared <= {i.id for i in train_lora.inputs}
+    assert all(i.tooltip for i in schema.inputs)
+
+
+def test_training_leaves_the_input_model_and_its_weights_untouched(node: Any) -> None:
+    model = tiny_model()
+    before_out, before_weights = unet_output(model), weights(model)
+    patches, wrappers = dict(model.patches), dict(model.weight_wrapper_patches)
+    model_lora, lora, loss_map, steps = run(node, model=model)
+
+    assert steps == 2 and len(loss_map["loss"]) == 2 and all(np.isfinite(loss_map["loss"]))
+    assert model.patches == patches and model.weight_wrapper_patches == wrappers
+    after = weights(model)
+    assert after.keys() == before_weights.keys()
+    assert all(torch.equal(after[k], before_weights[k]) for k in after), "the teacher's weights changed"
+    for module in model.model.diffusion_model.modules():
+        assert not getattr(module, "weight_function", []), "a training adapter was left on a layer"
+    torch.testing.assert_close(unet_output(model), before_out, rtol=0, atol=0)
+    assert not unet_output(model_lora).equal(before_out), "the returned model does not carry the LoRA"
+
+
+def test_lora_is_in_train_loras_format_and_every_key_patches(node: Any, training: ModuleType) -> None:
+    import comfy.lora
+
+    model = tiny_model()
+    _, lora, _, _ = run(node, model=model)
+    targets = [name for name, _ in training.lora_targets(model.model)]
+    assert targets and all(name.startswith("diffusion_model.") for name in targets)
+    expected = {f"{name}.{part}" for name in targets for part in ("lora_up.weight", "lora_down.weight", "alpha")}
+    assert set(lora) == expected
+    assert all(t.dtype == torch.float32 and not t.requires_grad and t.device.type == "cpu" for t in lora.values())
+    assert all(lora[f"{name}.lora_down.weight"].shape[0] == 4 for name in targets)
+
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    patches = comfy.lora.load_lora(lora, key_map)
+    assert len(patches) == len(targets)
+    assert set(model.clone().add_patches(patches, 1.0)) == {f"{name}.weight" for name in targets}
+
+
+def test_teacher_is_the_model_with_adapters_off_and_only_the_lora_trains(training: ModuleType) -> None:
+    model = tiny_model()
+    reference = unet_output(model)
+    args = inputs(model=model)
+    facts = training.model_facts(model)
+    dataset = training.build_dataset(model, args["latents"], args["positive"], args["negative"], facts)
+    config = training.distill.DistillConfig(prediction=facts.prediction)
+    settings = training.TrainSettings(rank=4, batch_size=2, learning_rate=1e-3, training_dtype="fp32")
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 4, 8, 8, generator=gen)
+    context = torch.randn(1, 77, CONTEXT_DIM, generator=gen)
+    t = torch.tensor([500])
+    with training.DistillRun(model, dataset, facts, config, settings) as trainer:
+        trainer.step()
+        grads_seen = [p for p in trainer.params if p.grad is not None]
+        assert not grads_seen, "gradients were left after the optimizer step"
+        trainer.micro_step(1.0)
+        assert all(p.grad is not None for p in trainer.params), "a LoRA factor got no gradient"
+        assert not any(p.requires_grad for p in model.model.parameters()), "base weights are trainable"
+        with torch.no_grad():
+            teacher = trainer.teacher(x, t, {"c_crossattn": context})
+            student = trainer.student(x, t, {"c_crossattn": context})
+        torch.testing.assert_close(teacher, reference, rtol=0, atol=0)
+        assert not torch.equal(student, teacher), "the trained adapters do not act on the student"
+        assert trainer.lora.switch.enabled
+
+
+def test_same_seed_same_losses_and_another_seed_differs(node: Any) -> None:
+    first = run(node, seed=5)[2]["loss"]
+    assert run(node, seed=5)[2]["loss"] == first
+    assert run(node, seed=6)[2]["loss"] != first
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"ema_decay": 0.95, "loss": "l2"},
+        {"method": "lcm", "s_rule": "uniform+zero-ramp", "grad_accumulation_steps": 2, "optimizer": "SGD"},
+        {"guidance_min": 0.0, "guidance_max": 0.0, "training_dtype": "bf16", "lora_dtype": "bf16"},
+    ],
+    ids=["ema-l2", "lcm-accumulation", "unguided-bf16"],
+)
+def test_other_settings_train(node: Any, overrides: dict) -> None:
+    _, lora, loss_map, _ = run(node, **overrides)
+    assert len(loss_map["loss"]) == 2 and all(np.isfinite(loss_map["loss"]))
+    dtype = torch.bfloat16 if overrides.get("lora_dtype") == "bf16" else torch.float32
+    assert all(t.dtype == dtype for t in lora.values())
+    assert any(k.endswith("lora_down.weight") and t.abs().sum() > 0 for k, t in lora.items()), "nothing trained"
+
+
+def test_batched_latent_and_list_of_latents_train_the_same(node: Any) -> None:
+    batched = latents(2)
+    as_list = [{"samples": batched["samples"][i : i + 1]} for i in range(2)]
+    per_image = conditioning(1) + conditioning(1)
+    one = run(node, latents=[batched], positive=[conditioning(1)])
+    two = run(node, latents=as_list, positive=[[entry] for entry in per_image])
+    assert one[2]["loss"] == two[2]["loss"]
+    assert all(torch.equal(one[1][k], two[1][k]) for k in one[1])
+
+
+def test_mixed_sizes_train(node: Any) -> None:
+    mixed = [latents(1, 8, seed=1), latents(1, 16, seed=2)]
+    assert len(run(node, latents=mixed)[2]["loss"]) == 2
+
+
+def test_continuing_from_a_saved_lora_starts_from_its_weights(node: Any, training: ModuleType) -> None:
+    model = tiny_model()
+    lora = run(node, model=model)[1]
+    adapters = training.read_existing_lora(model.model, lora)
+    assert set(adapters) == {k.rsplit(".", 2)[0] for k in lora if k.endswith("lora_up.weight")}
+    continued = training.attach_lora(model.clone(), rank=8, dtype=torch.float32, seed=0, existing=adapters)
+    for key, tensor in continued.state_dict().items():
+        torch.testing.assert_close(tensor, lora[key], rtol=0, atol=0)
+
+
+def test_v_prediction_is_distilled_as_v_and_other_samplings_refused(comfy: Comfy, training: ModuleType) -> None:
+    sampling = comfy.node("ModelSamplingDiscrete")
+    model = tiny_model()
+    assert (
+        training.model_facts(run_node(sampling, model=model, sampling="v_prediction", zsnr=False)[0]).prediction == "v"
+    )
+    assert training.model_facts(model).prediction == "eps"
+    for kind, fragment in (("x0", "prediction type x0"), ("lcm", "1000-step")):
+        with pytest.raises(ValueError, match=fragment):
+            training.model_facts(run_node(sampling, model=model, sampling=kind, zsnr=False)[0])
+    flow = run_node(comfy.node("ModelSamplingSD3"), model=model, shift=3.0)[0]
+    with pytest.raises(ValueError, match="flow and EDM models are not supported"):
+        training.model_facts(flow)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [
+        ({"latents": [{"samples": torch.zeros(0, 4, 8, 8)}]}, ("TCD Distill LoRA latents:", "the dataset is empty")),
+        ({"latents": []}, ("TCD Distill LoRA latents:", "the dataset is empty")),
+        ({"positive": [conditioning(1, 3)]}, ("TCD Distill LoRA positive:", "3 conditionings for 2 latents")),
+        ({"negative": [conditioning(2, 3)]}, ("TCD Distill LoRA negative:", "3 conditionings for 2 latents")),
+        ({"latents": [{"samples": torch.zeros(2, 16, 8, 8)}]}, ("TCD Distill LoRA latents:", "4-channel")),
+        ({"latents": [{"samples": torch.zeros(2, 4, 9, 9)}]}, ("TCD Distill LoRA latents:", "multiples of 8")),
+        ({"guidance_min": 8.0, "guidance_max": 4.0}, ("TCD Distill LoRA guidance_min:", "<= guidance_max")),
+        ({"existing_lora": "no-such.safetensors"}, ("TCD Distill LoRA existing_lora:", "not in ComfyUI's loras")),
+    ],
+    ids=[
+        "empty-batch",
+        "no-latents",
+        "positive-count",
+        "negative-count",
+        "channels",
+        "odd-size",
+        "guidance",
+        "existing-lora",
+    ],  # fmt: skip
+)
+def test_bad_inputs_are_refused_before_training(node: Any, overrides: dict, fragments: tuple) -> None:
+    with pytest.raises(ValueError) as error:
+        run(node, **overrides)
+    for fragment in fragments:
+        assert fragment in str(error.value)
+
+
+# --- through the real server, on the SD1.5 test checkpoint ------------------------------------------------
+
+Graph = dict[str, dict[str, Any]]
+DISTILL_WIDGETS = {
+    "batch_size": 2,
+    "grad_accumulation_steps": 1,
+    "steps": 2,
+    "learning_rate": 0.01,  # large, so that 2 steps visibly change a random-weight model's image
+    "rank": 4,
+    "optimizer": "AdamW",
+    "seed": 0,
+    "training_dtype": "fp32",
+    "lora_dtype": "fp32",
+    "gradient_checkpointing": True,
+    "existing_lora": "None",
+    "guidance_min": 3.0,
+    "guidance_max": 15.0,
+    "num_ddim_timesteps": 50,
+    "ema_decay": 0.0,
+    "loss": "huber",
+    "huber_c": 0.001,
+    "s_rule": "uniform",
+    "s_zero_share": 0.2,
+    "method": "tcd",
+}
+
+
+def training_images(server: ComfyServer, count: int = 2, size: int = 64) -> list[str]:
+    """Seeded noise images in the server's input folder (64x64 pixels = 8x8 latents)."""
+    rng = np.random.default_rng(11)
+    names = []
+    for i in range(count):
+        name = f"tcd-distill-{i}.png"
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(server.input_dir / name)
+        names.append(name)
+    return names
+
+
+def distill_graph(server: ComfyServer, **widgets: Any) -> Graph:
+    """Checkpoint, two images -> ImageBatch -> VAE Encode (one batched LATENT), captions -> TCD Distill LoRA."""
+    first, second = training_images(server)
+    return {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CKPT}},
+        "positive": {"class_type": "CLIPTextEncode", "inputs": {"text": "a paper cut fox", "clip": ["ckpt", 1]}},
+        "negative": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},
+        "image_1": {"class_type": "LoadImage", "inputs": {"image": first}},
+        "image_2": {"class_type": "LoadImage", "inputs": {"image": second}},
+        "images": {"class_type": "ImageBatch", "inputs": {"image1": ["image_1", 0], "image2": ["image_2", 0]}},
+        "encode": {"class_type": "VAEEncode", "inputs": {"pixels": ["images", 0], "vae": ["ckpt", 2]}},
+        "distill": {
+            "class_type": NODE_ID,
+            "inputs": {
+                "model": ["ckpt", 0],
+                "latents": ["encode", 0],
+                "positive": ["positive", 0],
+                "negative": ["negative", 0],
+                **DISTILL_WIDGETS,
+                **widgets,
+            },
+        },
+    }
+
+
+def add_sampling(graph: Graph, name: str, model: list, seed: int = 77, latent: list | None = None) -> None:
+    """A 2-step TCD txt2img (TCD Scheduler + TCD Sampler, CFG 1) of ``model`` at 64x64, saved as ``name``."""
+    if latent is None:
+        graph["empty"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+        latent = ["empty", 0]
+    graph[f"{name}_sigmas"] = {
+        "class_type": "TrajectoryConsistencyScheduler",
+        "inputs": {"model": model, "steps": 2, "original_inference_steps": 50, "strength": 1.0},
+    }
+    graph[f"{name}_sampler"] = {
+        "class_type": "TrajectoryConsistencySampler",
+        "inputs": {"gamma": 0.3, "gamma_schedule": "constant", "gamma_end": 0.3, "gamma_list": "0.3", "order": 1},
+    }
+    graph[f"{name}_sample"] = {
+        "class_type": "SamplerCustom",
+        "inputs": {
+            "model": model,
+            "add_noise": True,
+            "noise_seed": seed,
+            "cfg": 1.0,
+            "positive": ["positive", 0],
+            "negative": ["negative", 0],
+            "sampler": [f"{name}_sampler", 0],
+            "sigmas": [f"{name}_sigmas", 0],
+            "latent_image": latent,
+        },
+    }
+    graph[f"{name}_decode"] = {
+        "class_type": "VAEDecode",
+        "inputs": {"samples": [f"{name}_sample", 0], "vae": ["ckpt", 2]},
+    }
+    graph[name] = {"class_type": "SaveImage", "inputs": {"images": [f"{name}_decode", 0], "filename_prefix": name}}
+
+
+def pixels(server: ComfyServer, entry: dict, node: str) -> np.ndarray:
+    (path,) = server.output_images(entry, node)
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB")).astype(np.int16)
+
+
+def sampling_graph(server: ComfyServer) -> Graph:
+    graph = distill_graph(server)
+    return {k: v for k, v in graph.items() if k in ("ckpt", "positive", "negative")}
+
+
+def test_trained_lora_saves_reloads_and_changes_tcd_sampling(comfy_server: ComfyServer) -> None:
+    server = comfy_server
+    before = sampling_graph(server)
+    add_sampling(before, "plain_before", ["ckpt", 0])
+    plain_before = pixels(server, server.run(before), "plain_before")
+
+    prefix = f"loras/tcd-distill-{uuid.uuid4().hex[:8]}"
+    graph = distill_graph(server)
+    graph["save_lora"] = {
+        "class_type": "SaveLoRA",
+        "inputs": {"lora": ["distill", 1], "prefix": prefix, "steps": ["distill", 3]},
+    }
+    graph["loss_graph"] = {
+        "class_type": "LossGraphNode",
+        "inputs": {"loss": ["distill", 2], "filename_prefix": "tcd-loss"},
+    }
+    graph["lora_model"] = {
+        "class_type": "LoraModelLoader",
+        "inputs": {"model": ["ckpt", 0], "lora": ["distill", 1], "strength_model": 1.0},
+    }
+    add_sampling(graph, "trained", ["distill", 0])
+    add_sampling(graph, "lora_model_loader", ["lora_model", 0])
+    started = time.monotonic()
+    entry = server.run(graph, timeout=600)
+    print(f"training graph (2 steps, 2 latents 8x8, rank 4, fp32) ran in {time.monotonic() - started:.1f} s")
+    assert server.output_images(entry, "loss_graph"), "Plot Loss Graph showed nothing"
+    saved = sorted((server.output_dir / "loras").glob(prefix.split("/")[1] + "_2_steps_*.safetensors"))
+    assert len(saved) == 1, list((server.output_dir / "loras").iterdir())
+    trained = pixels(server, entry, "trained")
+    assert not np.array_equal(trained, plain_before), "the trained LoRA does not change TCD sampling"
+    np.testing.assert_array_equal(pixels(server, entry, "lora_model_loader"), trained)
+
+    loras_dir = default_models_dir() / "loras"
+    name = f"{saved[0].stem}-{uuid.uuid4().hex[:6]}.safetensors"
+    shutil.copyfile(saved[0], loras_dir / name)
+    try:
+        reload = sampling_graph(server)
+        reload["lora_loader"] = {
+            "class_type": "LoraLoader",
+            "inputs": {"model": ["ckpt", 0], "clip": ["ckpt", 1], "lora_name": name, "strength_model": 1.0,
+                       "strength_clip": 0.0},
+        }  # fmt: skip
+        styles = {f"style_lora_{i}": "None" for i in (1, 2, 3)} | {f"style_lora_{i}_strength": 1.0 for i in (1, 2, 3)}
+        reload["tcd_lora_loader"] = {
+            "class_type": "TrajectoryConsistencyLoraLoader",
+            "inputs": {"model": ["ckpt", 0], "tcd_lora": name, "tcd_lora_strength": 1.0, **styles},
+        }
+        reload["unchanged"] = {"class_type": "LatentMultiply", "inputs": {"samples": ["empty", 0], "multiplier": 1.0}}
+        add_sampling(reload, "comfy_lora_loader", ["lora_loader", 0])
+        add_sampling(reload, "tcd_lora_loader_image", ["tcd_lora_loader", 0])
+        add_sampling(reload, "plain_after", ["ckpt", 0], latent=["unchanged", 0])  # a fresh run of the plain model
+        entry = server.run(reload, timeout=600)
+    finally:
+        (loras_dir / name).unlink()
+    np.testing.assert_array_equal(pixels(server, entry, "comfy_lora_loader"), trained)
+    np.testing.assert_array_equal(pixels(server, entry, "tcd_lora_loader_image"), trained)
+    np.testing.assert_array_equal(pixels(server, entry, "plain_after"), plain_before)
+    log = server.log_text()
+    assert "lora key not loaded" not in log and "fits this model partly" not in log
+
+
+def test_cancel_stops_training_within_a_step_and_the_server_keeps_serving(comfy_server: ComfyServer) -> None:
+    server = comfy_server
+    marker = 900_000 + int(uuid.uuid4().int % 1000)
+    graph = distill_graph(server, steps=400, seed=marker)
+    graph["save_lora"] = {"class_type": "SaveLoRA", "inputs": {"lora": ["distill", 1], "prefix": "loras/cancelled"}}
+    prompt_id = server.queue(graph)
+    deadline = time.monotonic() + 300
+    started = f"TCD Distill LoRA: training with seed {marker}"
+    while "/400 [" not in server.log_text().partition(started)[2]:  # the console bar after a first step
+        assert time.monotonic() < deadline, server.log_tail()
+        time.sleep(0.2)
+    interrupted = time.monotonic()
+    urllib.request.urlopen(urllib.request.Request(server.url + "/interrupt", data=b"", method="POST"), timeout=30)
+    while (entry := server.history(prompt_id)) is None or entry["status"].get("completed") is None:
+        assert time.monotonic() - interrupted < 120, "training did not stop after /interrupt"
+        time.sleep(0.1)
+    stopped_after = time.monotonic() - interrupted
+    print(f"training stopped {stopped_after:.1f} s after /interrupt")
+    events = [event for event, _ in entry["status"]["messages"]]
+    assert "execution_interrupted" in events, entry["status"]
+    assert not list((server.output_dir / "loras").glob("cancelled*")), "a cancelled run saved a LoRA"
+    assert stopped_after < 60  # one step of this size takes a few seconds; a missed cancel would run 400
+
+    after = sampling_graph(server)
+    add_sampling(after, "after_cancel", ["ckpt", 0], seed=78)
+    assert pixels(server, server.run(after), "after_cancel").shape == (64, 64, 3)
