@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devkit.fixtures import IPADAPTER_STAND_IN_PACK
 from devkit.host import REPO_ROOT, ComfyServer
 
 CHROMIUM = Path(os.environ.get("TCD_CHROMIUM") or "/usr/bin/chromium")
@@ -305,12 +306,13 @@ class ComfyUIPage:
 FRONTEND_PACKAGE = "comfyui-frontend-package"
 FRONTENDS_DIR = REPO_ROOT / ".dev" / "frontends"  # newest frontend installs: <version>/comfyui_frontend_package
 NEWEST_RECHECK_S = 24 * 3600  # how long the newest version found on the index is trusted
-FIXTURE_PACKS = REPO_ROOT / "tests" / "fixture_packs"
+ANIMATEDIFF_STAND_IN_PACK = REPO_ROOT / "tests" / "fixture_packs" / "animatediff_schemas"
+ANIMATEDIFF_OBJECT_INFO_PATH = ANIMATEDIFF_STAND_IN_PACK / "object_info.json"
 # Test-only schema stand-ins for community packs the example workflows use, by the real packs'
 # folder names (their /object_info names python_module custom_nodes.<folder>).
 STAND_IN_PACKS = {
-    "ComfyUI_IPAdapter_plus": FIXTURE_PACKS / "ipadapter_schemas",
-    "ComfyUI-AnimateDiff-Evolved": FIXTURE_PACKS / "animatediff_schemas",
+    "ComfyUI_IPAdapter_plus": IPADAPTER_STAND_IN_PACK,
+    "ComfyUI-AnimateDiff-Evolved": ANIMATEDIFF_STAND_IN_PACK,
 }
 
 

@@ -15,6 +15,9 @@ between them is growth: new inputs appended at the END of a node's inputs, each 
 (or optional), new outputs after the old ones, and new nodes; each named in CHANGELOG.md. Anything
 else (a reorder, rename, removal, type, default, range or option change) shifts or changes users'
 saved values. `--release VERSION` makes the current contract the new baseline when cutting a release.
+
+A combo that lists a model folder's files (a LoRA name) is pinned as `options_from_folder` (the
+folder) plus `options` (the fixed choices before the files, e.g. "None"), not by the file names.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from devkit.host import PACK_DIR_NAME, REPO_ROOT, ComfyServer
+from devkit.model_files import default_models_dir, ensure_test_models
 
 FIXTURE = REPO_ROOT / "tests" / "fixtures" / "node_contract.json"
 CHANGELOG = REPO_ROOT / "CHANGELOG.md"
@@ -303,8 +307,6 @@ def stale_fixture_message(fixture: Mapping[str, Any], live: Mapping[str, Any]) -
 
 def read_live_contract(pack_dir: Path = REPO_ROOT) -> dict[str, Any]:
     """The contract of the pack in pack_dir, read from a ComfyUI server started for it with the test models."""
-    from devkit.model_files import default_models_dir, ensure_test_models
-
     ensure_test_models(default_models_dir())
     with ComfyServer(models_dir=default_models_dir(), pack_dir=pack_dir) as server:
         return live_contract(server)

@@ -358,6 +358,21 @@ def attach_lora(
     return lora
 
 
+def install_lora(lora: LoraAdapters) -> None:
+    """Make sure every adapter is in its layer's weight functions once the patcher is loaded.
+
+    ComfyUI installs weight wrappers when ``ModelPatcher.load`` runs, but a model already fully loaded by
+    another clone with the same weight patches (the usual case: the checkpoint just sampled) is not
+    loaded again, so the wrappers are put in place here.
+    """
+    modules = dict(lora.patcher.model.named_modules())
+    for name, wrapper in lora.wrappers.items():
+        module = modules[name]
+        if not any(f is wrapper for f in module.weight_function):
+            module.weight_function = [*module.weight_function, wrapper]
+        wrapper.move_to(lora.patcher.load_device)
+
+
 def detach_lora(lora: LoraAdapters) -> None:
     """Remove the adapters from the patcher and from the shared modules' weight functions."""
     patcher = lora.patcher
@@ -375,6 +390,15 @@ def detach_lora(lora: LoraAdapters) -> None:
     for adapter in lora.adapters.values():
         adapter.requires_grad_(False)
     lora.wrappers.clear()
+
+
+def unload_clones(patcher: Any) -> None:
+    """Unload every loaded clone of ``patcher``'s model (e.g. the checkpoint just sampled), so that loading
+    the training clone runs ``ModelPatcher.load`` in full: its weight wrappers and compute-dtype casts."""
+    loaded = comfy.model_management.current_loaded_models
+    for i in reversed(range(len(loaded))):
+        if loaded[i].model is not None and patcher.is_clone(loaded[i].model):
+            loaded.pop(i).model_unload()
 
 
 def release_model(patcher: Any) -> None:
@@ -502,8 +526,10 @@ class DistillRun:
         self._stack.enter_context(torch.inference_mode(False))
         self._stack.enter_context(gradient_checkpointing(self.patcher, self.settings.gradient_checkpointing))
         self.patcher.model.requires_grad_(False)
+        unload_clones(self.patcher)
         comfy.model_management.load_models_gpu([self.patcher], memory_required=1e20, force_full_load=True)
         self._loaded = True
+        install_lora(self.lora)
         device = self.patcher.load_device
         self.alphas_cumprod = self.facts.alphas_cumprod.to(device)
         unet = unet_fn(self.patcher, self.compute_dtype)

@@ -56,8 +56,9 @@ class TCDScheduler(io.ComfyNode):
                     "list of training timesteps, e.g. '999, 749, 499, 249' (DMD2 4-step) or '800' (Hyper-SD 1-step "
                     "UNet): whole numbers in 0..999, strictly descending, separated by commas or spaces. It "
                     "overrides steps and original_inference_steps, as diffusers' set_timesteps(timesteps=...); "
-                    "strength keeps its last int(count x strength) entries. For lists starting below 999 in "
-                    "text-to-image, turn on the TCD Sampler's unit_start_noise (see the README).",
+                    "strength keeps its last int(count x strength) entries. Text-to-image from a list starting "
+                    "below 999 as diffusers runs it (DMD2 1-step, Hyper-SDXL 1-step UNet): turn on the TCD "
+                    "Sampler's unit_start_noise (README: Other distilled models).",
                 ),
             ],
             outputs=[io.Sigmas.Output()],
@@ -66,7 +67,11 @@ class TCDScheduler(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, timesteps: str | None = "") -> bool | str:
         # The model's own range is checked at execution; here the form, on the 0..999 range of SD / SDXL / flow.
-        if timesteps is None or not timesteps.strip():  # linked (checked when it arrives) or empty
+        if timesteps is None:  # linked: checked when its value arrives
+            return True
+        if not isinstance(timesteps, str):  # declaring the input here skips ComfyUI's own type check
+            return f"TCD Scheduler timesteps must be text, got {type(timesteps).__name__}"
+        if not timesteps.strip():
             return True
         try:
             tcd_core.parse_timesteps(timesteps)

@@ -69,9 +69,7 @@ class ImageFolder:
         self.root = Path(root)
         if not self.root.is_dir():
             raise TrainerError(f"--train_data_dir {root}: no such folder")
-        self.images = sorted(
-            p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-        )
+        self.images = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
         if not self.images:
             raise TrainerError(f"--train_data_dir {root}: no images ({', '.join(IMAGE_EXTENSIONS)}) in it")
         for path in self.images[:1]:

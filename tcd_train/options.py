@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--learning_rate", type=float, default=1e-4)
     g.add_argument("--lr_scheduler", choices=("constant", "linear", "cosine"), default="constant")
     g.add_argument("--lr_warmup_steps", type=int, default=500)
+    g.add_argument(
+        "--optimizer", choices=("AdamW", "Adam", "SGD", "RMSprop"), default="AdamW", help="as the node's choices"
+    )
     g.add_argument("--adam_beta1", type=float, default=0.9)
     g.add_argument("--adam_beta2", type=float, default=0.999)
     g.add_argument("--adam_weight_decay", type=float, default=1e-2)
@@ -132,6 +135,8 @@ def check_options(args: argparse.Namespace) -> None:
         raise TrainerError("--lr_warmup_steps and --validation_steps must be >= 0")
     if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
         raise TrainerError(f"--learning_rate {args.learning_rate}: must be a number > 0")
+    if args.use_8bit_adam and args.optimizer != "AdamW":
+        raise TrainerError(f"--use_8bit_adam is AdamW8bit: it takes --optimizer AdamW, not {args.optimizer}")
     if args.use_8bit_adam:
         try:
             import bitsandbytes  # noqa: F401

@@ -82,6 +82,10 @@ def open_source(args: argparse.Namespace, resolution) -> Any:
 
 
 def make_optimizer(args: argparse.Namespace, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    """AdamW with the --adam_* settings (diffusers' defaults, which are torch's; bitsandbytes' 8-bit AdamW with
+    --use_8bit_adam), or the node's other choices (Adam, SGD, RMSprop) made as the node makes them."""
+    if args.optimizer != "AdamW":
+        return engine.training_module().OPTIMIZERS[args.optimizer](params, lr=args.learning_rate)
     kwargs = dict(lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                   weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)  # fmt: skip
     if args.use_8bit_adam:
@@ -129,7 +133,9 @@ def train(args: argparse.Namespace, draws: Any = None) -> dict:
         mixed_precision=args.mixed_precision,
         cpu=args.cpu,
         log_with=log_with,
-        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=str(Path(args.output_dir) / "logs")),
+        project_config=ProjectConfiguration(
+            project_dir=args.output_dir, logging_dir=str(Path(args.output_dir) / "logs")
+        ),
     )
     device = accelerator.device
     if device.type == "cuda":
@@ -190,6 +196,7 @@ def train(args: argparse.Namespace, draws: Any = None) -> dict:
 
         progress = tqdm(total=args.max_train_steps, initial=state.step, disable=not is_main, desc="steps")
         start_step, started = state.step, time.perf_counter()
+        step_ends: list[float] = []
         last_loss = float("nan")
         while state.step < args.max_train_steps:
             losses = []
@@ -213,6 +220,7 @@ def train(args: argparse.Namespace, draws: Any = None) -> dict:
             if run.ema is not None:
                 run.ema.update(run.params)
             state.step += 1
+            step_ends.append(time.perf_counter())
             last_loss = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
             progress.update(1)
             if state.step % args.log_every == 0:
@@ -235,6 +243,8 @@ def train(args: argparse.Namespace, draws: Any = None) -> dict:
             engine.save_lora(run, str(lora_path), {**metadata, "tcd_steps": str(state.step)})
         accelerator.end_training()
         steps_run = state.step - start_step
+        warm = min(2, max(0, len(step_ends) - 2))  # steady state: after the first steps (allocator, kernels)
+        steady = (len(step_ends) - 1 - warm) / (step_ends[-1] - step_ends[warm]) if len(step_ends) - warm > 1 else None
         summary = {
             "steps": state.step,
             "steps_run": steps_run,
@@ -242,6 +252,7 @@ def train(args: argparse.Namespace, draws: Any = None) -> dict:
             "loss": last_loss,
             "seconds": elapsed,
             "steps_per_s": steps_run / elapsed if elapsed > 0 else float("nan"),
+            "steady_steps_per_s": steady,
             "images_per_s": steps_run * world * args.train_batch_size * accumulation / elapsed if elapsed else 0.0,
             "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
             "lora": str(lora_path),
@@ -253,7 +264,8 @@ def save_checkpoint(accelerator: Any, args: argparse.Namespace, run: Any, step: 
     """accelerate's state (adapters, optimizer, scheduler, RNG, TrainState) and the LoRA so far."""
     path = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{step}"
     if accelerator.is_main_process and args.checkpoints_total_limit:
-        for old in checkpoints(args.output_dir)[: max(0, len(checkpoints(args.output_dir)) - args.checkpoints_total_limit + 1)]:
+        found = checkpoints(args.output_dir)
+        for old in found[: max(0, len(found) - args.checkpoints_total_limit + 1)]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(path))
@@ -265,8 +277,10 @@ def save_checkpoint(accelerator: Any, args: argparse.Namespace, run: Any, step: 
 def validate(accelerator: Any, args: argparse.Namespace, run: Any, vae: Any, text: Any, resolution, step: int) -> None:
     """Validation images from the main process (the others wait), PNG files and TensorBoard."""
     if accelerator.is_main_process and args.validation_prompts:
-        images = engine.validation_images(run, vae, text, args.validation_prompts, resolution,
-                                          args.validation_inference_steps, args.validation_gamma, args.seed)  # fmt: skip
+        images = engine.validation_images(
+            run, vae, text, args.validation_prompts, resolution, args.validation_inference_steps,
+            args.validation_gamma, args.seed,
+        )  # fmt: skip
         folder = Path(args.output_dir) / "validation"
         folder.mkdir(parents=True, exist_ok=True)
         for i, image in enumerate(images):

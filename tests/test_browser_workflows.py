@@ -61,9 +61,9 @@ def stand_in_object_info(pack: str) -> dict[str, Any]:
 @pytest.fixture(scope="module", params=list(FRONTENDS))
 def frontend(request: pytest.FixtureRequest) -> Frontend:
     found = FRONTENDS[request.param]()
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:  # shown with -q too
-        reporter.write_line(f"\n[browser] {found.label} frontend: comfyui-frontend-package {found.version}")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled():  # shown in the test output, with -q too
+        print(f"\n[browser] {found.label} frontend: comfyui-frontend-package {found.version}", flush=True)
     return found
 
 

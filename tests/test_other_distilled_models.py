@@ -14,9 +14,19 @@ from diffusers import DDIMScheduler, EulerDiscreteScheduler, LCMScheduler, TCDSc
 
 from devkit.host import REPO_ROOT
 from devkit.inprocess import PACK_NODE_IDS, Comfy, load_comfy, run_node
-from devkit.model_files import default_models_dir
+from devkit.model_files import default_models_dir, sd15_unet_config
 
-CKPT = "tcd-test-sd15.safetensors"
+# ComfyUI's SD1.5 UNet layout, shrunk: one level, 32 channels, one transformer block.
+TINY_UNET_CONFIG = {
+    **sd15_unet_config(),
+    "model_channels": 32,
+    "num_res_blocks": [1],
+    "transformer_depth": [1],
+    "channel_mult": [1],
+    "context_dim": 32,
+    "num_heads": 2,
+    "transformer_depth_output": [1, 1],
+}
 SCHEDULER = "TrajectoryConsistencyScheduler"
 TOLERANCE = 1e-6
 SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}  # SD1.5 / SDXL
@@ -90,8 +100,13 @@ def comfy(test_models: dict) -> Comfy:
 
 @pytest.fixture(scope="module")
 def sd15(comfy: Comfy) -> SimpleNamespace:
-    model = run_node(comfy.node("CheckpointLoaderSimple"), ckpt_name=CKPT)[0]
-    return SimpleNamespace(model=model)
+    """ComfyUI's SD1.5 model class (the scaled-linear schedule of SD1.5 and SDXL) with a tiny UNet, in a real
+    ModelPatcher: the TCD Scheduler reads only its model_sampling."""
+    from comfy import model_patcher, supported_models  # (`import comfy.x` would rebind the fixture's name)
+
+    cpu = torch.device("cpu")
+    model = supported_models.SD15(dict(TINY_UNET_CONFIG, dtype=torch.float32)).get_model({}, device=cpu)
+    return SimpleNamespace(model=model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu))
 
 
 @pytest.mark.parametrize("row", ROWS, ids=lambda row: row.family)

@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixture_packs import animatediff_schemas, ipadapter_schemas
 from PIL import Image, ImageDraw, ImageStat
 
+from devkit.browser import ANIMATEDIFF_OBJECT_INFO_PATH
+from devkit.fixtures import IPADAPTER_OBJECT_INFO_PATH
 from devkit.host import REPO_ROOT, ComfyServer
 from workflow_tools import ObjectInfo, load_object_info, to_api, validate_workflow
 
@@ -39,13 +40,16 @@ SIZE = 64
 STEPS = 2  # the end-to-end runs check the wiring; the published step counts are checked in the files
 # Workflows that need nodes of another pack, and the stand-in recording of that pack's schemas.
 NEEDS_OTHER_PACKS = {
-    "tcd_sdxl_ip_adapter": ("ComfyUI_IPAdapter_plus", Path(ipadapter_schemas.OBJECT_INFO_PATH)),
-    "tcd_animatediff_sd15": ("ComfyUI-AnimateDiff-Evolved", Path(animatediff_schemas.OBJECT_INFO_PATH)),
+    "tcd_sdxl_ip_adapter": ("ComfyUI_IPAdapter_plus", IPADAPTER_OBJECT_INFO_PATH),
+    "tcd_animatediff_sd15": ("ComfyUI-AnimateDiff-Evolved", ANIMATEDIFF_OBJECT_INFO_PATH),
 }
 PACK_RECORDINGS = [recording for _, recording in NEEDS_OTHER_PACKS.values()]
-# Those that need only ComfyUI core and this pack run end to end. The Papercut one goes last: all
-# others load the same checkpoint + TCD LoRA, which ComfyUI then keeps patched between prompts.
-RUNNABLE = sorted((n for n in NAMES if n not in NEEDS_OTHER_PACKS), key=lambda name: name == "tcd_sdxl_papercut_lora")
+CORE = [name for name in NAMES if name not in NEEDS_OTHER_PACKS]  # ComfyUI core and this pack only
+# Training workflows are not run here (tests/ of the TCD Distill LoRA node train for real, on tiny models).
+TRAINING = {"tcd_distill_lora"}
+# The others run end to end. The Papercut one goes last: all others load the same checkpoint +
+# TCD LoRA, which ComfyUI then keeps patched between prompts.
+RUNNABLE = sorted((n for n in CORE if n not in TRAINING), key=lambda name: name == "tcd_sdxl_papercut_lora")
 MODEL_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
@@ -55,6 +59,11 @@ def read(name: str) -> dict[str, Any]:
 
 def input_image_names(workflow: dict[str, Any]) -> set[str]:
     return {node["widgets_values"][0] for node in workflow["nodes"] if node["type"] == "LoadImage"}
+
+
+def input_folder_names(workflow: dict[str, Any]) -> set[str]:
+    """The dataset folders under ComfyUI/input/ a training workflow reads."""
+    return {node["widgets_values"][0] for node in workflow["nodes"] if node["type"] == "LoadImageTextDataSetFromFolder"}
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +119,7 @@ def test_the_workflows_that_need_other_packs_are_those_listed(live_info: dict[st
     assert foreign == set(NEEDS_OTHER_PACKS)
 
 
-@pytest.mark.parametrize("name", RUNNABLE)
+@pytest.mark.parametrize("name", CORE)
 def test_core_workflow_passes_comfyuis_validation_but_for_the_model_files(
     name: str, comfy_server: ComfyServer, live_info: dict[str, Any]
 ) -> None:
@@ -119,7 +128,7 @@ def test_core_workflow_passes_comfyuis_validation_but_for_the_model_files(
     assert report.ok and not report.issues, str(report)
     status, answer = prompt_answer(comfy_server, to_api(workflow, ObjectInfo(live_info)))
     assert status == 400, answer  # the real model files are not installed on the test server: nothing runs
-    files = {model["name"] for model in workflow["models"]} | input_image_names(workflow)
+    files = {model["name"] for model in workflow["models"]} | input_image_names(workflow) | input_folder_names(workflow)
     reasons = [(node["class_type"], e) for node in answer["node_errors"].values() for e in node["errors"]]
     assert reasons, answer
     for class_type, reason in reasons:
@@ -191,6 +200,14 @@ def _nodes(prompt: dict[str, Any], class_type: str) -> list[dict[str, Any]]:
 def test_workflows_carry_the_published_settings(info: ObjectInfo) -> None:
     prompts = {name: to_api(read(name), info) for name in NAMES}
     for name, prompt in prompts.items():
+        if name in TRAINING:
+            (distill,) = _nodes(prompt, "TrajectoryConsistencyDistillLoRA")
+            (save,) = _nodes(prompt, "SaveLoRA")
+            (graph,) = _nodes(prompt, "LossGraphNode")
+            assert save["lora"][1] == 1 and save["steps"][1] == 3 and graph["loss"][1] == 2  # lora, steps, loss_map
+            assert distill["latents"][0] == distill["positive"][0]  # images and captions of one dataset
+            assert not _nodes(prompt, "TrajectoryConsistencySampler")
+            continue
         if name == "tcd_sdxl_ksampler":
             (ksampler,) = _nodes(prompt, "KSampler")
             assert (ksampler["sampler_name"], ksampler["scheduler"]) == ("tcd", "tcd")

@@ -17,15 +17,15 @@ from pathlib import Path
 import torch
 
 from .report import Report
-from .run import Bench, Cell
+from .run import Bench, Cell, MissingCell
 from .setups import digits_setup, ring_setup
 from .teacher import REPO_ROOT
 
 PRECONDITION = 1.5
 
 
-def check_teacher(bench: Bench, report: Report) -> None:
-    """Abort unless the teacher's DDIM-50 is within PRECONDITION x the data-vs-data distance."""
+def check_teacher(bench: Bench, report: Report) -> str | None:
+    """None if the teacher's DDIM-50 is within PRECONDITION x the data-vs-data distance, else the abort message."""
     ratios = bench.precondition()
     setup = bench.setup
     primary = ratios[setup.primary]
@@ -35,12 +35,34 @@ def check_teacher(bench: Bench, report: Report) -> None:
         f"(required <= {PRECONDITION}x in {setup.primary.upper()}): {'met' if primary <= PRECONDITION else 'FAILED'}"
     )
     if primary > PRECONDITION:
-        report.flush()
-        sys.exit(
+        message = (
             f"ABORT: the {setup.name} teacher is too weak (DDIM-50 {setup.primary.upper()} {primary:.2f}x the "
             f"data-vs-data distance, above {PRECONDITION}x); a student of a weak teacher inherits its errors "
             "and the TCD-vs-LCM comparison means nothing. Train the teacher longer (TeacherSpec.iterations)."
         )
+        report.line(message)
+        report.line()
+        return message
+    return None
+
+
+def run_part(report: Report, name: str, part, bench: Bench, base: Cell, seeds: list[int]) -> None:
+    """One section; with --cache-only and a student missing, the section on seed 0 alone, or a note."""
+    for attempt in (seeds, seeds[:1]):
+        mark = len(report.lines)
+        try:
+            part(bench, base, attempt)
+            if attempt != seeds:
+                report.line(f"(above: seed {attempt[0]} only; the students of seeds {seeds[1:]} are not cached)")
+                report.line()
+            return
+        except MissingCell as missing:
+            report.rewind(mark)
+            reason = str(missing)
+        if len(seeds) == 1:
+            break
+    report.line(f"({bench.setup.name} {name}: not run, no cached student {reason})")
+    report.line()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--digits-seeds", type=int, default=3, help="seeds of every digits table")
     parser.add_argument("--iterations", type=int, default=2000)
     parser.add_argument("--no-cache", action="store_true", help="retrain teachers and students")
+    parser.add_argument("--cache-only", action="store_true", help="train no student: report what is cached")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: ablation, srule, lora, cost")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "benchmarks")
     args = parser.parse_args(argv)
@@ -65,27 +88,37 @@ def main(argv: list[str] | None = None) -> None:
     report = Report(args.out, seeds, args.iterations)
     report.header(" ".join(["python -m bench.distill", *(argv if argv is not None else sys.argv[1:])]))
 
+    failures: list[str] = []
+    passed: Bench | None = None
     for case in args.cases.split(","):
         setup = ring_setup() if case == "ring" else digits_setup()
         base = Cell(method="tcd", iterations=args.iterations, batch=256 if case == "ring" else 128)
         if case == "digits":
             seeds = list(range(args.digits_seeds))
             ablation_seeds = seeds[: args.ablation_seeds]
-        bench = Bench(setup, use_cache=not args.no_cache, log=report.progress)
+        bench = Bench(setup, use_cache=not args.no_cache, log=report.progress, train=not args.cache_only)
         report.teacher(bench)
-        check_teacher(bench, report)
-        report.main_table(bench, base, seeds)
+        failure = check_teacher(bench, report)
+        if failure is not None:
+            failures.append(failure)
+            continue
+        passed = bench
+        parts = [("main", report.main_table, seeds)]
         if "lora" not in skip:
-            report.lora(bench, base, ablation_seeds)
+            parts.append(("lora", report.lora, ablation_seeds))
         if case == "ring" and "ablation" not in skip:
-            report.ablation_target_loss(bench, base, ablation_seeds)
+            parts.append(("ablation", report.ablation_target_loss, ablation_seeds))
         if case == "ring" and "srule" not in skip:
-            report.ablation_s_rule(bench, base, ablation_seeds)
-        report.plot(bench, base, seeds)
-        if "cost" not in skip and case == args.cases.split(",")[-1]:
-            report.cost(bench)
+            parts.append(("srule", report.ablation_s_rule, ablation_seeds))
+        parts.append(("plot", report.plot, seeds))
+        for name, part, part_seeds in parts:
+            run_part(report, name, part, bench, base, part_seeds)
+    if "cost" not in skip and passed is not None:
+        report.cost(passed)
     report.line(f"Total time {time.time() - started:.0f} s.")
     report.flush()
+    if failures:
+        sys.exit("\n".join(failures))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .run import GAMMAS, STEPS, Bench, Cell, fmt, ratio_of_means
+from .run import GAMMAS, STEPS, Bench, Cell, MissingCell, fmt, ratio_of_means
 
 RING_TARGET = 0.8  # TCD / LCM at 4 and 8 steps, every seed's paired ratio below 1
 DIGITS_TARGET = 0.85  # at 8 steps
@@ -39,6 +39,13 @@ class Report:
         for row in rows:
             self.line(_row(row))
         self.line()
+
+    def rewind(self, mark: int) -> None:
+        """Drop the lines (and verdicts) written after ``mark``: a section that could not finish."""
+        dropped = self.lines[mark:]
+        del self.lines[mark:]
+        self.verdicts = [v for v in self.verdicts if v not in dropped]
+        print("(section above withdrawn: a student is not cached)", flush=True)
 
     def progress(self, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
@@ -196,7 +203,12 @@ class Report:
         for ema in (0.0, 0.95):
             for loss in ("l2", "huber"):
                 cell = replace(base, ema_decay=ema, loss=loss)
-                ratios = self._ratios(bench, cell, seeds, s.primary)
+                name = f"{'EMA ' + str(ema) if ema else 'stop-grad'}, {loss}"
+                try:
+                    ratios = self._ratios(bench, cell, seeds, s.primary)
+                except MissingCell:
+                    rows.append([name, "not run (CPU time)", "", "", "", "", ""])
+                    continue
                 lcm = [fmt(bench.values(replace(cell, method="lcm"), "lcm", n, seeds, s.primary), 4) for n in (4, 8)]
                 tcd_means = []
                 tcd = []
@@ -204,13 +216,13 @@ class Report:
                     vals = bench.values(replace(cell, method="tcd"), ratios[n][0], n, seeds, s.primary)
                     tcd.append(fmt(vals, 4))
                     tcd_means.append(statistics.fmean(vals))
-                name = f"{'EMA ' + str(ema) if ema else 'stop-grad'}, {loss}"
                 score = statistics.fmean(tcd_means)
                 if best is None or score < best[0]:
                     best = (score, name)
                 rows.append([name, " / ".join(lcm), " / ".join(tcd), *[f"{ratios[n][2]:.3f}" for n in STEPS]])
         self.table(header, rows)
-        self.line(f"Best TCD student (mean of its 4- and 8-step {s.primary.upper()}): **{best[1]}**.")
+        if best is not None:
+            self.line(f"Best TCD student (mean of its 4- and 8-step {s.primary.upper()}): **{best[1]}**.")
         self.line()
 
     def ablation_s_rule(self, bench: Bench, base: Cell, seeds: list[int]) -> None:
@@ -221,9 +233,13 @@ class Report:
         rows = []
         for rule, share in S_RULES:
             cell = replace(base, s_rule=rule, s_zero_share=share)
-            ratios = self._ratios(bench, cell, seeds, s.primary)
-            tcd = [fmt(bench.values(replace(cell, method="tcd"), ratios[n][0], n, seeds, s.primary), 4) for n in STEPS]
             name = rule if rule == "uniform" else f"{rule}, share {share}"
+            try:
+                ratios = self._ratios(bench, cell, seeds, s.primary)
+            except MissingCell:
+                rows.append([name, "not run (CPU time)", *[""] * 7])
+                continue
+            tcd = [fmt(bench.values(replace(cell, method="tcd"), ratios[n][0], n, seeds, s.primary), 4) for n in STEPS]
             rows.append([name, *tcd, *[f"{ratios[n][2]:.3f}" for n in STEPS]])
         lcm = replace(base, method="lcm")
         rows.append(

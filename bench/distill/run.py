@@ -68,12 +68,17 @@ class Cell:
         return f"{self.method.upper()} ({target}, {self.loss}, {rule}, {weights})"
 
 
+class MissingCell(LookupError):
+    """A student the run was told not to train (``train=False``) is not in the cache."""
+
+
 class Bench:
     """Students and scores for one case, cached on disk (``use_cache=False``: always recompute)."""
 
-    def __init__(self, setup: Setup, use_cache: bool = True, log=print) -> None:
+    def __init__(self, setup: Setup, use_cache: bool = True, log=print, train: bool = True) -> None:
         self.setup = setup
         self.use_cache = use_cache
+        self.train = train
         self.log = log
         self.teacher = setup.load_teacher()
         self.students: dict[Cell, nn.Module] = {}
@@ -94,6 +99,8 @@ class Bench:
             for p in module.parameters():
                 p.requires_grad_(False)
             module.eval()
+        elif not self.train:
+            raise MissingCell(f"{cell.label()} seed {cell.seed}")
         else:
             self.log(f"  distilling {self.setup.name}: {cell.label()} seed {cell.seed} ...")
             module = distill(self.teacher, cell.config(), cell.train_spec(), self.setup.draw_batch)

@@ -1,0 +1,299 @@
+"""The multi-process trainer (tcd_train): distribution, resume, parity with the node, LoRA layout, bad input.
+
+Real ComfyUI model classes throughout: a tiny random-weight SD1.5-family single-file checkpoint
+(devkit.tiny_checkpoint: ComfyUI detects it as SD15; one UNet level) and tiny webdataset shards written
+here (64x64-ish JPEGs + captions, 8x8 latents). Two processes run under torch's own launcher
+(``python -m torch.distributed.run``, gloo on the CPU), the killed run is a real SIGKILL.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from devkit.comfy_import import import_comfyui
+from devkit.host import REPO_ROOT, dev_dir
+from devkit.inprocess import load_comfy
+from devkit.model_files import default_models_dir
+from devkit.tiny_checkpoint import build_tiny_sd15_checkpoint
+
+STEPS, KILL_AT, RANK = 2, 1, 4
+CAPTIONS = ("a red square", "a blue circle")
+
+
+def _jpeg(seed: int, width: int, height: int) -> bytes:
+    pixels = (np.random.default_rng(seed).random((height, width, 3)) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def write_shards(folder: Path, shards: int = 2, per_shard: int = 3) -> str:
+    """webdataset shards (LAION layout: <key>.jpg + <key>.txt); returns the brace spec naming them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for s in range(shards):
+        with tarfile.open(folder / f"shard-{s:02d}.tar", "w") as tar:
+            for j in range(per_shard):
+                key = f"{s:02d}{j:04d}"
+                for ext, payload in (("jpg", _jpeg(10 * s + j, 80, 64)), ("txt", CAPTIONS[j % 2].encode())):
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+    return str(folder / f"shard-{{00..{shards - 1:02d}}}.tar")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(test_models: dict) -> Path:
+    import_comfyui(cpu=True)
+    return build_tiny_sd15_checkpoint(dev_dir() / "trainer-models", test_models["checkpoint_sd15"])
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return write_shards(tmp_path_factory.mktemp("shards"))
+
+
+def trainer_args(checkpoint: Path, data: str, out: Path, batch: int, *extra: str) -> list[str]:
+    data_flag = "--train_data_dir" if Path(data).is_dir() else "--train_shards_path_or_url"
+    return [
+        "--cpu", "--pretrained_model", str(checkpoint), data_flag, data, "--resolution", "64",
+        "--train_batch_size", str(batch), "--max_train_steps", str(STEPS), "--lr_warmup_steps", "0",
+        "--lora_rank", str(RANK), "--learning_rate", "1e-3", "--output_dir", str(out), "--report_to", "none",
+        "--checkpointing_steps", "100", "--seed", "11", *extra,
+    ]  # fmt: skip
+
+
+def launch(args: list[str], processes: int = 1, port: int = 29561) -> subprocess.Popen:
+    launcher = [sys.executable, "-m", "tcd_train"]
+    if processes > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
+                    f"--master_port={port}", "-m", "tcd_train"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([*launcher, *args], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+def finish(process: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
+    output, _ = process.communicate(timeout=timeout)
+    return process.returncode, output
+
+
+def train_here(argv: list[str], draws: Any = None) -> dict:
+    """The trainer in this process (one process, accelerate's single-process state)."""
+    from tcd_train.options import build_parser
+    from tcd_train.train import train
+
+    return train(build_parser().parse_args(argv), draws=draws)
+
+
+@functools.cache
+def initial_lora(checkpoint: Path, seed: int = 11) -> dict[str, torch.Tensor]:
+    """The LoRA every run starts from: the node's attach_lora on the checkpoint, same seed."""
+    import comfy.sd
+
+    from tcd_train.pack import pack_module
+
+    patcher = comfy.sd.load_checkpoint_guess_config(str(checkpoint), output_vae=False, output_clip=False)[0]
+    training = pack_module("nodes.distill_training")
+    return training.attach_lora(patcher.clone(), RANK, torch.float32, seed).state_dict()
+
+
+def delta_difference(a: dict, b: dict, start: dict) -> tuple[float, float, float]:
+    """(|Δa - Δb| / |Δa|, max |a - b|, |Δa|): how far two trained LoRAs differ, relative to how far they moved."""
+    assert a.keys() == b.keys() == start.keys()
+    moved = sum(((a[k].double() - start[k].double()) ** 2).sum() for k in a) ** 0.5
+    diff = sum(((a[k].double() - b[k].double()) ** 2).sum() for k in a) ** 0.5
+    return float(diff / moved), max(float((a[k] - b[k]).abs().max()) for k in a), float(moved)
+
+
+@pytest.fixture(scope="module")
+def launched(checkpoint: Path, shards: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Both subprocess runs started at once (the two cores share them): 2 x B with SGD, and a killed AdamW run."""
+    root = tmp_path_factory.mktemp("launched")
+    ddp = launch(trainer_args(checkpoint, shards, root / "ddp", 1, "--optimizer", "SGD", "--learning_rate", "0.2"), 2)
+    killed_dir = root / "killed"
+    killed = launch(trainer_args(checkpoint, shards, killed_dir, 2, "--checkpointing_steps", "1", "--stop_at_step",
+                                 str(KILL_AT)))  # fmt: skip
+    yield {"ddp": (ddp, root / "ddp"), "killed": (killed, killed_dir)}
+    for process in (ddp, killed):
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_two_processes_with_batch_b_train_the_lora_of_one_process_with_batch_2b(
+    launched: dict, checkpoint: Path, shards: str, tmp_path: Path
+) -> None:
+    one = train_here(
+        trainer_args(checkpoint, shards, tmp_path / "one", 2, "--optimizer", "SGD", "--learning_rate", "0.2")
+    )
+    process, out = launched["ddp"]
+    code, output = finish(process)
+    assert code == 0, output[-6000:]
+    assert '"processes": 2' in output and one["processes"] == 1
+    rel, max_abs, moved = delta_difference(load_file(one["lora"]), load_file(out / "tcd_lora.safetensors"),
+                                           initial_lora(checkpoint))  # fmt: skip
+    print(
+        f"1x2B vs 2xB after {STEPS} SGD steps: |dA-dB|/|dA| = {rel:.3g}, max |A-B| = {max_abs:.3g}, |dA| = {moved:.3g}"
+    )
+    assert moved > 1e-3  # training moved the LoRA
+    # fp32 round-off of batched vs. split forwards and of the all-reduce, magnified by the guided teacher
+    # (x0 = (x_t - s_t eps) / a_t at large t, times w up to 15): ~1e-4 measured. A wrong sample split, a
+    # missing or summed all-reduce would differ by O(1).
+    assert rel < 1e-3
+
+
+def test_a_killed_run_resumed_from_latest_equals_an_uninterrupted_one(
+    launched: dict, checkpoint: Path, shards: str, tmp_path: Path
+) -> None:
+    uninterrupted = train_here(trainer_args(checkpoint, shards, tmp_path / "whole", 2))
+    process, out = launched["killed"]
+    code, output = finish(process)
+    assert code == -9, output[-6000:]  # SIGKILL after the checkpoint of step KILL_AT
+    assert (out / f"checkpoint-{KILL_AT}").is_dir() and not (out / "tcd_lora.safetensors").exists()
+    resumed = train_here(trainer_args(checkpoint, shards, out, 2, "--checkpointing_steps", "1",
+                                      "--resume_from_checkpoint", "latest"))  # fmt: skip
+    assert resumed["steps"] == STEPS and resumed["steps_run"] == STEPS - KILL_AT
+    rel, max_abs, moved = delta_difference(load_file(uninterrupted["lora"]), load_file(resumed["lora"]),
+                                           initial_lora(checkpoint))  # fmt: skip
+    print(f"killed at {KILL_AT} + resumed vs uninterrupted ({STEPS} AdamW steps): rel {rel:.3g}, max abs {max_abs:.3g}")
+    assert moved > 1e-3
+    assert rel < 1e-6
+
+
+class NodeDraws:
+    """The node's randomness (DistillRun: one generator; per micro-step a randperm of the dataset, then the
+    noise and the training points), so the trainer can replay a node run on a one-image dataset."""
+
+    def __init__(self, seed: int, dataset_size: int = 1) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+        self.size = dataset_size
+
+    def generators(self, indices: list[int]) -> list[torch.Generator]:
+        assert len(indices) == 1
+        torch.randperm(self.size, generator=self.generator)
+        return [self.generator]
+
+
+def test_node_and_trainer_train_the_same_lora(checkpoint: Path, tmp_path: Path) -> None:
+    comfy_host = load_comfy(default_models_dir())
+    import comfy.sd
+
+    from tcd_train.data import prepare_image
+    from tcd_train.options import Resolution
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "image.jpg").write_bytes(_jpeg(5, 80, 64))
+    (folder / "image.txt").write_text(CAPTIONS[0])
+    seed = 11
+    model, clip, vae = comfy.sd.load_checkpoint_guess_config(str(checkpoint))[:3]
+    pixels, _ = prepare_image(Image.open(folder / "image.jpg").convert("RGB"), Resolution(64, 64), "center", False,
+                              torch.Generator())  # fmt: skip
+    with torch.no_grad():
+        latent = {"samples": vae.encode(pixels[None])}
+        positive = clip.encode_from_tokens_scheduled(clip.tokenize(CAPTIONS[0]))
+        negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+    widgets = {
+        "batch_size": 1, "grad_accumulation_steps": 1, "steps": STEPS, "learning_rate": 1e-3, "rank": RANK,
+        "optimizer": "AdamW", "seed": seed, "training_dtype": "fp32", "lora_dtype": "fp32",
+        "gradient_checkpointing": False, "existing_lora": "None", "guidance_min": 3.0, "guidance_max": 15.0,
+        "num_ddim_timesteps": 50, "ema_decay": 0.0, "loss": "huber", "huber_c": 0.001, "s_rule": "uniform",
+        "s_zero_share": 0.2, "method": "tcd",
+    }  # fmt: skip
+    node = comfy_host.node("TrajectoryConsistencyDistillLoRA")
+    outputs = node.execute(model=[model], latents=[latent], positive=[positive], negative=[negative],
+                           **{k: [v] for k, v in widgets.items()}).args  # fmt: skip
+    node_lora = {k: v.float() for k, v in outputs[1].items()}
+    summary = train_here(trainer_args(checkpoint, str(folder), tmp_path / "trainer", 1, "--max_grad_norm", "0"),
+                         draws=NodeDraws(seed))  # fmt: skip
+    trainer_lora = load_file(summary["lora"])
+    rel, max_abs, moved = delta_difference(node_lora, trainer_lora, initial_lora(checkpoint, seed))
+    print(f"node vs trainer after {STEPS} AdamW steps: rel {rel:.3g}, max abs {max_abs:.3g}")
+    assert moved > 1e-3
+    assert rel < 1e-5
+
+
+def _dropped_key_warnings(records: list[logging.LogRecord]) -> list[str]:
+    return [r.getMessage() for r in records if "not loaded" in r.getMessage().lower()]
+
+
+def test_saved_lora_loads_in_loraloader_with_no_key_dropped(checkpoint: Path, shards: str, tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    """The trainer's file through ComfyUI's LoraLoader path (comfy.sd.load_lora_for_models) on its model,
+    and the same layout (the node's lora_targets and adapters, the saved-LoRA key names) on full-size
+    SD1.5 and SDXL (devkit.sdxl_test_model, meta device): every key becomes a patch."""
+    import comfy.lora
+    import comfy.sd
+    import comfy.utils
+    from comfy.weight_adapter import LoRAAdapter
+
+    from devkit.sdxl_test_model import sd15_meta_model, sdxl_meta_model
+    from tcd_train.pack import pack_module
+
+    summary = train_here(trainer_args(checkpoint, shards, tmp_path / "keys", 1, "--max_train_steps", "1"))
+    saved = comfy.utils.load_torch_file(summary["lora"])
+    model, clip = comfy.sd.load_checkpoint_guess_config(str(checkpoint), output_vae=False)[:2]
+    with caplog.at_level(logging.WARNING):
+        patched, _ = comfy.sd.load_lora_for_models(model, clip, saved, 1.0, 1.0)
+    modules = {k.rsplit(".lora_", 1)[0].removesuffix(".alpha") for k in saved}
+    assert {f"{m}.weight" for m in modules} == set(patched.patches)
+    assert not _dropped_key_warnings(caplog.records)
+
+    training = pack_module("nodes.distill_training")
+    for build in (sd15_meta_model, sdxl_meta_model):
+        patcher, _ = build()
+        layout = {}
+        for name, module in training.lora_targets(patcher.model):
+            adapter = LoRAAdapter.create_train(torch.empty(1).expand(module.weight.shape), rank=1, alpha=1.0)
+            layout.update({f"{name}.{p}": t for p, t in adapter.named_parameters()})  # LoraAdapters.state_dict
+        key_map = comfy.lora.model_lora_keys_unet(patcher.model, {})
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            patches = comfy.lora.load_lora(layout, key_map)
+        applied = patcher.add_patches(patches, 1.0)
+        assert not _dropped_key_warnings(caplog.records), build.__name__
+        assert len(applied) == len(patches) == len(layout) // 3, build.__name__
+
+
+BAD_OPTIONS = [
+    ({"--w_min": "9", "--w_max": "3"}, ("--w_min 9.0 > --w_max 3.0",)),
+    ({"--train_shards_path_or_url": "{shards_dir}/missing-{{0..1}}.tar"}, ("missing-0.tar does not exist",)),
+    ({"--train_shards_path_or_url": "{shards_dir}/not-a-tar.tar"}, ("not-a-tar.tar is not a readable tar",)),
+    ({"--resolution": "60"}, ("--resolution 60x60", "multiples of 8 pixels")),
+    ({"--pretrained_model": "{controlnet}"}, ("--pretrained_model", "SD1.x, SD2.x (eps or v) and SDXL")),
+]
+
+
+@pytest.mark.parametrize(("options", "fragments"), BAD_OPTIONS)
+def test_bad_options_are_refused_before_training(options: dict, fragments: tuple, checkpoint: Path, shards: str,
+                                                 test_models: dict, tmp_path: Path) -> None:  # fmt: skip
+    from tcd_train.pack import TrainerError
+
+    shards_dir = Path(shards).parent
+    (shards_dir / "not-a-tar.tar").write_bytes(b"this is not a tar file" * 40)
+    argv = trainer_args(checkpoint, shards, tmp_path / "bad", 1)
+    for flag, value in options.items():
+        value = value.format(shards_dir=shards_dir, controlnet=test_models["controlnet_sd15"])
+        if flag in argv:
+            argv[argv.index(flag) + 1] = value
+        else:
+            argv += [flag, value]
+    with pytest.raises(TrainerError) as error:
+        train_here(argv)
+    for fragment in fragments:
+        assert fragment in str(error.value)
+    assert not (tmp_path / "bad" / "tcd_lora.safetensors").exists()
