@@ -341,12 +341,16 @@ def attach_lora(
     """
     existing = existing or {}
     adapters: dict[str, LoraDiff] = {}
-    with torch.random.fork_rng(devices=[]):
+    # ComfyUI runs nodes under torch.inference_mode: parameters made there would never get gradients.
+    with torch.inference_mode(False), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for name, module in lora_targets(patcher.model):
-            adapter = existing.get(name)
-            if adapter is None:
+            old = existing.get(name)
+            if old is None:
                 adapter = LoRAAdapter.create_train(module.weight, rank=rank, alpha=float(rank))
+            else:  # fresh tensors (the loaded ones may be inference tensors)
+                factors = (old.lora_up.weight.detach().clone(), old.lora_down.weight.detach().clone())
+                adapter = LoraDiff((*factors, float(old.alpha), None, None, None))
             adapters[name] = adapter.to(device=patcher.load_device, dtype=dtype)
     lora = LoraAdapters(patcher, adapters)
     for name, adapter in adapters.items():
@@ -502,6 +506,18 @@ class DistillRun:
         config: distill.DistillConfig,
         settings: TrainSettings,
         existing: dict[str, LoraDiff] | None = None,
+    ) -> None:
+        with torch.inference_mode(False):  # the optimizer state and EMA copies must be normal tensors
+            self._setup(model, dataset, facts, config, settings, existing)
+
+    def _setup(
+        self,
+        model: Any,
+        dataset: DistillDataset,
+        facts: ModelFacts,
+        config: distill.DistillConfig,
+        settings: TrainSettings,
+        existing: dict[str, LoraDiff] | None,
     ) -> None:
         self.config = config.validate()
         self.settings = settings

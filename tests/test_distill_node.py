@@ -124,7 +124,9 @@ def inputs(**overrides: Any) -> dict:
 
 
 def run(node: Any, **overrides: Any) -> tuple:
-    return tuple(node.execute(**inputs(**overrides)).args)
+    """Execute the node as ComfyUI does: under torch.inference_mode."""
+    with torch.inference_mode():
+        return tuple(node.execute(**inputs(**overrides)).args)
 
 
 def unet_output(model: Any, seed: int = 3) -> torch.Tensor:

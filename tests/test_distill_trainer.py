@@ -92,11 +92,17 @@ def finish(process: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
 
 
 def train_here(argv: list[str], draws: Any = None) -> dict:
-    """The trainer in this process (one process, accelerate's single-process state)."""
+    """The trainer in this process (one process, accelerate's single-process state), on one thread as the
+    launched runs (OMP_NUM_THREADS=1), so that both sum in the same order."""
     from tcd_train.options import build_parser
     from tcd_train.train import train
 
-    return train(build_parser().parse_args(argv), draws=draws)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train(build_parser().parse_args(argv), draws=draws)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @functools.cache
