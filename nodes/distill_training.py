@@ -266,6 +266,33 @@ class SwitchedAdapter:
         return self.adapter.move_to(device)
 
 
+class FreshWeight:
+    """A weight wrapper that hands autograd a normal copy of a weight made under ``torch.inference_mode``
+    (how ComfyUI loads checkpoints): norm layers save their weight for the backward pass, and inference
+    tensors cannot be saved. The LoRA layers need none: ``w + delta`` is a new tensor already."""
+
+    def __call__(self, weight: Tensor) -> Tensor:
+        return weight.clone() if weight.is_inference() else weight
+
+    def passive_memory_usage(self) -> int:
+        return 0
+
+    def move_to(self, device: torch.device) -> int:
+        return 0
+
+
+def frozen_weight_layers(base_model: Any) -> list[str]:
+    """The UNet's ComfyUI ops with a 1-D weight (the norms): frozen, but on the backward path."""
+    return [
+        name
+        for name, module in base_model.named_modules()
+        if name.startswith("diffusion_model.")
+        and hasattr(module, "weight_function")
+        and getattr(module, "weight", None) is not None
+        and module.weight.ndim < 2
+    ]
+
+
 def lora_targets(base_model: Any) -> list[tuple[str, torch.nn.Module]]:
     """The layers a LoRA adapts: every ComfyUI op of the UNet with a 2-D or larger weight
     (Linear and Conv, as Train LoRA chooses; norms and biases stay frozen)."""
@@ -309,7 +336,7 @@ class LoraAdapters:
     patcher: Any
     adapters: dict[str, LoraDiff]  # module name -> adapter
     switch: AdapterSwitch = field(default_factory=AdapterSwitch)
-    wrappers: dict[str, SwitchedAdapter] = field(default_factory=dict)
+    wrappers: dict[str, Any] = field(default_factory=dict)  # parameter key "<module>.weight|bias" -> wrapper
 
     def parameters(self) -> list[Tensor]:
         """The trainable tensors (lora_up / lora_down), in module order."""
@@ -357,8 +384,14 @@ def attach_lora(
         adapter.requires_grad_(True)
         adapter.alpha.requires_grad_(False)
         wrapper = SwitchedAdapter(adapter, lora.switch)
-        lora.wrappers[name] = wrapper
-        patcher.add_weight_wrapper(f"{name}.weight", wrapper)
+        lora.wrappers[f"{name}.weight"] = wrapper
+    modules = dict(patcher.model.named_modules())
+    for name in frozen_weight_layers(patcher.model):
+        for param in ("weight", "bias"):
+            if getattr(modules[name], param, None) is not None:
+                lora.wrappers[f"{name}.{param}"] = FreshWeight()
+    for key, wrapper in lora.wrappers.items():
+        patcher.add_weight_wrapper(key, wrapper)
     return lora
 
 
@@ -370,10 +403,12 @@ def install_lora(lora: LoraAdapters) -> None:
     loaded again, so the wrappers are put in place here.
     """
     modules = dict(lora.patcher.model.named_modules())
-    for name, wrapper in lora.wrappers.items():
+    for key, wrapper in lora.wrappers.items():
+        name, param = key.rsplit(".", 1)
+        functions = f"{param}_function"  # weight_function / bias_function of a ComfyUI op
         module = modules[name]
-        if not any(f is wrapper for f in module.weight_function):
-            module.weight_function = [*module.weight_function, wrapper]
+        if not any(f is wrapper for f in getattr(module, functions)):
+            setattr(module, functions, [*getattr(module, functions), wrapper])
         wrapper.move_to(lora.patcher.load_device)
 
 
@@ -381,16 +416,16 @@ def detach_lora(lora: LoraAdapters) -> None:
     """Remove the adapters from the patcher and from the shared modules' weight functions."""
     patcher = lora.patcher
     modules = dict(patcher.model.named_modules())
-    for name, wrapper in lora.wrappers.items():
-        key = f"{name}.weight"
+    for key, wrapper in lora.wrappers.items():
         kept = [f for f in patcher.weight_wrapper_patches.get(key, []) if f is not wrapper]
         if kept:
             patcher.weight_wrapper_patches[key] = kept
         else:
             patcher.weight_wrapper_patches.pop(key, None)
-        module = modules.get(name)
-        if module is not None and hasattr(module, "weight_function"):
-            module.weight_function = [f for f in module.weight_function if f is not wrapper]
+        name, param = key.rsplit(".", 1)
+        module, functions = modules.get(name), f"{param}_function"
+        if module is not None and hasattr(module, functions):
+            setattr(module, functions, [f for f in getattr(module, functions) if f is not wrapper])
     for adapter in lora.adapters.values():
         adapter.requires_grad_(False)
     lora.wrappers.clear()

@@ -63,7 +63,7 @@ def process_indices(micro_step: int, rank: int, world: int, batch: int) -> list[
 
 class ImageFolder:
     """Images under a folder (recursively, sorted) with ``<same name>.txt`` captions beside them: the
-    layout ComfyUI's dataset nodes (Load Image + Text Set from Folder) and kohya's scripts read."""
+    layout ComfyUI's "Load Image and Text Dataset from Folder" node and kohya's scripts read."""
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)

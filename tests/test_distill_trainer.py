@@ -8,6 +8,7 @@ here (64x64-ish JPEGs + captions, 8x8 latents). Two processes run under torch's 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import logging
@@ -15,6 +16,7 @@ import os
 import subprocess
 import sys
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -97,10 +99,17 @@ def train_here(argv: list[str], draws: Any = None) -> dict:
     from tcd_train.options import build_parser
     from tcd_train.train import train
 
+    with one_thread():
+        return train(build_parser().parse_args(argv), draws=draws)
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread (as OMP_NUM_THREADS=1 runs): sums in one order, so runs compare bit for bit."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return train(build_parser().parse_args(argv), draws=draws)
+        yield
     finally:
         torch.set_num_threads(threads)
 
@@ -143,23 +152,27 @@ def launched(checkpoint: Path, shards: str, tmp_path_factory: pytest.TempPathFac
 def test_two_processes_with_batch_b_train_the_lora_of_one_process_with_batch_2b(
     launched: dict, checkpoint: Path, shards: str, tmp_path: Path
 ) -> None:
-    one = train_here(
-        trainer_args(checkpoint, shards, tmp_path / "one", 2, "--optimizer", "SGD", "--learning_rate", "0.2")
-    )
+    """2 x B (DDP) = 1 x 2B; and = 1 x B with 2 accumulated batches, which makes the same batch-B forwards."""
+    sgd = ("--optimizer", "SGD", "--learning_rate", "0.2")
+    one = train_here(trainer_args(checkpoint, shards, tmp_path / "one", 2, *sgd))
+    accumulated = train_here(trainer_args(checkpoint, shards, tmp_path / "acc", 1, *sgd,
+                                          "--gradient_accumulation_steps", "2"))  # fmt: skip
     process, out = launched["ddp"]
     code, output = finish(process)
     assert code == 0, output[-6000:]
     assert '"processes": 2' in output and one["processes"] == 1
-    rel, max_abs, moved = delta_difference(load_file(one["lora"]), load_file(out / "tcd_lora.safetensors"),
-                                           initial_lora(checkpoint))  # fmt: skip
-    print(
-        f"1x2B vs 2xB after {STEPS} SGD steps: |dA-dB|/|dA| = {rel:.3g}, max |A-B| = {max_abs:.3g}, |dA| = {moved:.3g}"
-    )
+    start = initial_lora(checkpoint)
+    ddp = load_file(out / "tcd_lora.safetensors")
+    rel, max_abs, moved = delta_difference(load_file(one["lora"]), ddp, start)
+    rel_acc, max_abs_acc, _ = delta_difference(load_file(accumulated["lora"]), ddp, start)
+    print(f"after {STEPS} SGD steps, |dLoRA| = {moved:.3g}: 1x2B vs 2xB |dA-dB|/|dA| = {rel:.3g} (max {max_abs:.3g}); "
+          f"1xB accumulating 2 vs 2xB {rel_acc:.3g} (max {max_abs_acc:.3g})")  # fmt: skip
     assert moved > 1e-3  # training moved the LoRA
-    # fp32 round-off of batched vs. split forwards and of the all-reduce, magnified by the guided teacher
-    # (x0 = (x_t - s_t eps) / a_t at large t, times w up to 15): ~1e-4 measured. A wrong sample split, a
-    # missing or summed all-reduce would differ by O(1).
+    # Batch 2B vs. B forwards differ by fp32 round-off, magnified by the guided teacher (x0 = (x_t - s_t eps) / a_t
+    # at large t, times w up to 15): ~1e-4 measured. A wrong sample split or a missing / summed all-reduce would
+    # differ by O(1). The same batch-B forwards summed by DDP or by accumulation agree to round-off of the sum.
     assert rel < 1e-3
+    assert rel_acc < 1e-5
 
 
 def test_a_killed_run_resumed_from_latest_equals_an_uninterrupted_one(
@@ -221,8 +234,9 @@ def test_node_and_trainer_train_the_same_lora(checkpoint: Path, tmp_path: Path) 
         "s_zero_share": 0.2, "method": "tcd",
     }  # fmt: skip
     node = comfy_host.node("TrajectoryConsistencyDistillLoRA")
-    outputs = node.execute(model=[model], latents=[latent], positive=[positive], negative=[negative],
-                           **{k: [v] for k, v in widgets.items()}).args  # fmt: skip
+    with one_thread():  # as the trainer runs here
+        outputs = node.execute(model=[model], latents=[latent], positive=[positive], negative=[negative],
+                               **{k: [v] for k, v in widgets.items()}).args  # fmt: skip
     node_lora = {k: v.float() for k, v in outputs[1].items()}
     summary = train_here(trainer_args(checkpoint, str(folder), tmp_path / "trainer", 1, "--max_grad_norm", "0"),
                          draws=NodeDraws(seed))  # fmt: skip
@@ -241,7 +255,8 @@ def test_saved_lora_loads_in_loraloader_with_no_key_dropped(checkpoint: Path, sh
                                                            caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
     """The trainer's file through ComfyUI's LoraLoader path (comfy.sd.load_lora_for_models) on its model,
     and the same layout (the node's lora_targets and adapters, the saved-LoRA key names) on full-size
-    SD1.5 and SDXL (devkit.sdxl_test_model, meta device): every key becomes a patch."""
+    SD1.5 and SDXL (devkit.sdxl_test_model, meta device): every key becomes a patch. The run also writes
+    its validation image, sampled with the pack's TCD sampler."""
     import comfy.lora
     import comfy.sd
     import comfy.utils
@@ -250,7 +265,11 @@ def test_saved_lora_loads_in_loraloader_with_no_key_dropped(checkpoint: Path, sh
     from devkit.sdxl_test_model import sd15_meta_model, sdxl_meta_model
     from tcd_train.pack import pack_module
 
-    summary = train_here(trainer_args(checkpoint, shards, tmp_path / "keys", 1, "--max_train_steps", "1"))
+    out = tmp_path / "keys"
+    summary = train_here(trainer_args(checkpoint, shards, out, 1, "--max_train_steps", "1", "--validation_steps", "1",
+                                      "--validation_prompts", "a cat"))  # fmt: skip
+    validation = Image.open(out / "validation" / "step-000001-0.png")  # sampled with the pack's TCD sampler
+    assert validation.size == (64, 64) and np.asarray(validation).std() > 0
     saved = comfy.utils.load_torch_file(summary["lora"])
     model, clip = comfy.sd.load_checkpoint_guess_config(str(checkpoint), output_vae=False)[:2]
     with caplog.at_level(logging.WARNING):

@@ -34,6 +34,7 @@ def check_teacher(bench: Bench, report: Report) -> str | None:
         f"Precondition ({setup.name}): teacher DDIM-50 / data-vs-data = {line} "
         f"(required <= {PRECONDITION}x in {setup.primary.upper()}): {'met' if primary <= PRECONDITION else 'FAILED'}"
     )
+    report.line()
     if primary > PRECONDITION:
         message = (
             f"ABORT: the {setup.name} teacher is too weak (DDIM-50 {setup.primary.upper()} {primary:.2f}x the "
@@ -118,7 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     report.line(f"Total time {time.time() - started:.0f} s.")
     report.flush()
     if failures:
-        sys.exit("\n".join(failures))
+        print("\n".join(failures), file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

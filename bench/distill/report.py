@@ -12,7 +12,14 @@ from .run import GAMMAS, STEPS, Bench, Cell, MissingCell, fmt, ratio_of_means
 RING_TARGET = 0.8  # TCD / LCM at 4 and 8 steps, every seed's paired ratio below 1
 DIGITS_TARGET = 0.85  # at 8 steps
 LORA_TARGET = 1.0  # at 8 steps, 3-seed mean
-S_RULES = (("uniform", 0.2), ("uniform+zero", 0.25), ("uniform+zero", 0.5), ("uniform+zero-ramp", 0.5))
+S_RULES = (
+    ("uniform", 0.2),
+    ("uniform+zero", 0.25),
+    ("uniform+zero", 0.5),
+    ("uniform+zero", 0.75),
+    ("uniform+zero-ramp", 0.5),
+    ("uniform+zero-ramp", 1.0),
+)
 
 
 def _row(cells: list[str]) -> str:
@@ -150,6 +157,7 @@ class Report:
         else:
             _, _, mean = ratios[8]
             self.verdict(f"digits, 8 steps: TCD/LCM FD {mean:.3f} <= {DIGITS_TARGET}", mean <= DIGITS_TARGET)
+        self.line()
 
     def _coverage(self, bench: Bench, base: Cell, seeds: list[int]) -> None:
         header = ["student, sampler", *[f"{n} steps: modes / in 3 std" for n in STEPS]]
@@ -192,6 +200,7 @@ class Report:
         self._ratio_table(ratios, s.primary)
         _, _, mean = ratios[8]
         self.verdict(f"{s.name}, LoRA rank 8, 8 steps: TCD/LCM {mean:.3f} <= {LORA_TARGET}", mean <= LORA_TARGET)
+        self.line()
 
     def ablation_target_loss(self, bench: Bench, base: Cell, seeds: list[int]) -> None:
         s = bench.setup
