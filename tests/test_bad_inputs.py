@@ -8,7 +8,8 @@ Every case posts an API-format TCD txt2img graph with one thing wrong and checks
   message naming the TCD node, the input and the allowed values.
 
 Then the same server must still run a good graph (a 1-step TCD txt2img at 64x64, fresh seed).
-``BAD_INPUTS`` is the table the README repeats; ``python tests/test_bad_inputs.py`` prints it as Markdown.
+``BAD_INPUTS`` is the table the README repeats; it is printed as Markdown by
+``PYTHONPATH=. .dev/venv/bin/python tests/test_bad_inputs.py``.
 """
 
 from __future__ import annotations
@@ -679,7 +680,7 @@ def test_readme_table_lists_every_case() -> None:
     table = markdown_table()
     assert table.count("\n") == len(BAD_INPUTS) + 2
     assert len({case.case for case in BAD_INPUTS}) == len(BAD_INPUTS)
-    stale = "README.md's table is stale: paste the output of `python tests/test_bad_inputs.py`"
+    stale = "README.md's table is stale: paste the output of `PYTHONPATH=. python tests/test_bad_inputs.py`"
     assert table in (REPO_ROOT / "README.md").read_text(), stale
 
 

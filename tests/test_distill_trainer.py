@@ -222,7 +222,7 @@ def test_node_and_trainer_train_the_same_lora(checkpoint: Path, tmp_path: Path) 
     model, clip, vae = comfy.sd.load_checkpoint_guess_config(str(checkpoint))[:3]
     pixels, _ = prepare_image(Image.open(folder / "image.jpg").convert("RGB"), Resolution(64, 64), "center", False,
                               torch.Generator())  # fmt: skip
-    with torch.no_grad():
+    with torch.no_grad(), one_thread():  # encoded as the trainer encodes it (same summation order)
         latent = {"samples": vae.encode(pixels[None])}
         positive = clip.encode_from_tokens_scheduled(clip.tokenize(CAPTIONS[0]))
         negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
