@@ -160,7 +160,7 @@ DISTILL_WIDGETS = {
     "guidance_min": 3.0, "guidance_max": 15.0, "num_ddim_timesteps": 50, "ema_decay": 0.0, "loss": "huber",
     "huber_c": 0.001, "s_rule": "uniform", "s_zero_share": 0.2, "method": "tcd",
 }  # fmt: skip
-EMPTY_DATASET = "tcd-empty-dataset"
+EMPTY_DATASET = "tcd-empty-dataset.latent"
 
 
 def distill_lora(
@@ -183,14 +183,15 @@ def distill_lora(
 
 
 def empty_dataset(graph: Graph, server: ComfyServer) -> None:
-    """Load Training Dataset of a saved dataset with no samples (a shard of empty lists) into TCD Distill LoRA."""
+    """LoadLatent of a .latent file holding zero latents into TCD Distill LoRA (works on every ComfyUI version;
+    Load Training Dataset lists its folders differently across versions)."""
+    import safetensors.torch
     import torch
 
-    folder = server.output_dir / EMPTY_DATASET
-    folder.mkdir(exist_ok=True)
-    torch.save({"latents": [], "conditioning": []}, folder / "shard_0000.pkl")
-    dataset = {"class_type": "LoadTrainingDataset", "inputs": {"folder_name": EMPTY_DATASET}}
-    distill_lora({"dataset": dataset}, {"latents": ["dataset", 0], "positive": ["dataset", 1]})(graph, server)
+    tensors = {"latent_tensor": torch.zeros(0, 4, 8, 8), "latent_format_version_0": torch.tensor([])}
+    safetensors.torch.save_file(tensors, str(server.input_dir / EMPTY_DATASET))
+    dataset = {"class_type": "LoadLatent", "inputs": {"latent": EMPTY_DATASET}}
+    distill_lora({"dataset": dataset}, {"latents": ["dataset", 0]})(graph, server)
 
 
 # --- the table -----------------------------------------------------------------------------------------
@@ -488,7 +489,7 @@ BAD_INPUTS: tuple[BadInput, ...] = (
     ),
     BadInput(
         "distill-empty-dataset",
-        "TCD Distill LoRA `latents`: an empty dataset (Load Training Dataset of a dataset with no samples)",
+        "TCD Distill LoRA `latents`: an empty dataset (LoadLatent of a .latent file holding zero latents)",
         empty_dataset,
         "distill",
         ("TCD Distill LoRA latents: the dataset is empty",),

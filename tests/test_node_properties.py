@@ -9,6 +9,7 @@ ComfyUI's own SD1.5 model class (about 10 ms a model call), and must give finite
 
 from __future__ import annotations
 
+import importlib
 import math
 import sys
 from collections.abc import Iterator
@@ -102,8 +103,9 @@ def tiny_model(comfy: Comfy) -> SimpleNamespace:
     cpu = torch.device("cpu")
     patcher = model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
     conditioning = [[torch.randn(1, 77, CONTEXT_DIM, generator=generator), {}]]
-    pack = sys.modules[comfy.pack_nodes.__name__.rsplit(".", 1)[0]]  # the pack as ComfyUI imported it
-    return TinyModel(model=patcher, conditioning=conditioning, TCDInputError=pack.tcd_core.TCDInputError)
+    pack_name = comfy.pack_nodes.__name__.rsplit(".", 1)[0]  # the pack as ComfyUI imported it
+    tcd_core = importlib.import_module(f"{pack_name}.tcd_core")
+    return TinyModel(model=patcher, conditioning=conditioning, TCDInputError=tcd_core.TCDInputError)
 
 
 # --- strategies from the declared bounds ------------------------------------------------------------

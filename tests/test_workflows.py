@@ -223,7 +223,11 @@ def test_workflows_carry_the_published_settings(info: ObjectInfo) -> None:
         assert scheduler["original_inference_steps"] == 50
         assert scheduler["strength"] == (0.5 if name == "tcd_sdxl_img2img" else 1.0), name
         if name == "tcd_hyper_sd_1step":  # Hyper-SD's unified LoRA: TCDScheduler, 1 step (999), eta 1
-            assert (sampler["gamma"], sampler["gamma_schedule"], sampler["unit_start_noise"]) == (1.0, "constant", False)
+            assert (sampler["gamma"], sampler["gamma_schedule"], sampler["unit_start_noise"]) == (
+                1.0,
+                "constant",
+                False,
+            )
             assert (scheduler["steps"], scheduler["timesteps"]) == (1, "")
             assert loader["tcd_lora"] == "Hyper-SDXL-1step-lora.safetensors"
         else:
