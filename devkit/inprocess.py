@@ -31,8 +31,24 @@ class Comfy:
         return self.node_classes[node_id]
 
 
+def loaded_comfy() -> Comfy | None:
+    """The ComfyUI that an earlier load_comfy put into this process, or None."""
+    comfy_nodes = sys.modules.get("nodes")
+    mappings = getattr(comfy_nodes, "NODE_CLASS_MAPPINGS", {})
+    if not all(node_id in mappings for node_id in PACK_NODE_IDS):
+        return None
+    sampler_module = sys.modules[mappings[PACK_NODE_IDS[0]].__module__]
+    return Comfy(comfy_nodes, mappings, sys.modules[sampler_module.__name__.rsplit(".", 1)[0]])
+
+
 def load_comfy(models_dir: Path) -> Comfy:
-    """Import ComfyUI on the CPU, map its model folders to ``models_dir`` and load this pack."""
+    """Import ComfyUI on the CPU, map its model folders to ``models_dir`` and load this pack.
+
+    Once per process: a later call returns the ComfyUI already loaded (its folders stay mapped).
+    """
+    already = loaded_comfy()
+    if already is not None:
+        return already
     import_comfyui(cpu=True)
     import folder_paths
 
@@ -48,9 +64,7 @@ def load_comfy(models_dir: Path) -> Comfy:
     missing = [node_id for node_id in PACK_NODE_IDS if node_id not in nodes.NODE_CLASS_MAPPINGS]
     if missing:
         raise RuntimeError(f"the pack did not register {missing}; failed imports: {failed}")
-    sampler_module = sys.modules[nodes.NODE_CLASS_MAPPINGS[PACK_NODE_IDS[0]].__module__]
-    pack_nodes = sys.modules[sampler_module.__name__.rsplit(".", 1)[0]]
-    return Comfy(nodes, nodes.NODE_CLASS_MAPPINGS, pack_nodes)
+    return loaded_comfy()
 
 
 def run_node(node_class: Any, **inputs: Any) -> tuple:

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from devkit import build_test_models as builder
 from devkit.host import REPO_ROOT, comfyui_path, dev_dir
@@ -51,3 +52,35 @@ def ensure_test_models(out_dir: Path | str | None = None, timeout: float = 900.0
         if stale:
             raise RuntimeError(f"the model builder left these test models missing: {stale}\n{result.stdout}")
     return builder.artifact_paths(out_dir)
+
+
+# ComfyUI's SD1.5 UNet layout, shrunk: one level, 32 channels, one transformer block (about 250k weights).
+TINY_SD15_UNET_CONFIG = {
+    **builder.SD15_UNET_CONFIG,
+    "model_channels": 32,
+    "num_res_blocks": [1],
+    "transformer_depth": [1],
+    "channel_mult": [1],
+    "context_dim": 32,
+    "num_heads": 2,
+    "transformer_depth_output": [1, 1],
+}
+
+
+def tiny_sd15_patcher(generator: Any, weight_std: float = 0.05) -> Any:
+    """ComfyUI's SD1.5 model class (its scaled-linear eps schedule) around a tiny UNet of TINY_SD15_UNET_CONFIG,
+    weights N(0, weight_std) from ``generator`` (biases and norms 0), in a real ModelPatcher on the CPU.
+
+    Needs ComfyUI imported (devkit.inprocess.load_comfy)."""
+    import torch
+    from comfy import model_patcher, supported_models
+
+    cpu = torch.device("cpu")
+    model = supported_models.SD15(dict(TINY_SD15_UNET_CONFIG, dtype=torch.float32)).get_model({}, device=cpu)
+    with torch.no_grad():
+        for param in model.diffusion_model.parameters():
+            if param.dim() > 1:
+                param.normal_(0.0, weight_std, generator=generator)
+            else:
+                param.zero_()
+    return model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)

@@ -16,20 +16,9 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, TCDScheduler
 
 from devkit.gaussian_mixture import GaussianMixture, flow_alpha, ve_alpha
-from devkit.inprocess import PACK_NODE_IDS, Comfy, load_comfy, run_node
-from devkit.model_files import default_models_dir, sd15_unet_config
+from devkit.inprocess import Comfy, load_comfy, run_node
+from devkit.model_files import TINY_SD15_UNET_CONFIG, default_models_dir, tiny_sd15_patcher
 
-# ComfyUI's SD1.5 UNet layout, shrunk: one level, 32 channels, one transformer block.
-TINY_UNET_CONFIG = {
-    **sd15_unet_config(),
-    "model_channels": 32,
-    "num_res_blocks": [1],
-    "transformer_depth": [1],
-    "channel_mult": [1],
-    "context_dim": 32,
-    "num_heads": 2,
-    "transformer_depth_output": [1, 1],
-}
 SEED = 1234
 SIGMA_TOLERANCE = 1e-6
 REFERENCE_TOLERANCE = 1e-4
@@ -43,31 +32,16 @@ def parse(text: str) -> list[int]:
 
 @pytest.fixture(scope="module")
 def comfy(test_models: dict) -> Comfy:
-    """ComfyUI with the pack, loaded once per process (another test module may have loaded it already)."""
-    comfy_nodes = sys.modules.get("nodes")
-    mappings = getattr(comfy_nodes, "NODE_CLASS_MAPPINGS", {})
-    if all(node_id in mappings for node_id in PACK_NODE_IDS):
-        sampler_module = sys.modules[mappings[SAMPLER].__module__]
-        return Comfy(comfy_nodes, mappings, sys.modules[sampler_module.__name__.rsplit(".", 1)[0]])
+    """ComfyUI with the pack (loaded once per process)."""
     return load_comfy(default_models_dir())
 
 
 @pytest.fixture(scope="module")
 def sd15(comfy: Comfy) -> SimpleNamespace:
     """ComfyUI's SD1.5 model class (its scaled-linear eps schedule) with a tiny random UNet, in a real ModelPatcher."""
-    from comfy import model_patcher, supported_models  # (`import comfy.x` would rebind the fixture's name)
-
-    cpu = torch.device("cpu")
-    model = supported_models.SD15(dict(TINY_UNET_CONFIG, dtype=torch.float32)).get_model({}, device=cpu)
     generator = torch.Generator().manual_seed(20261202)
-    with torch.no_grad():
-        for param in model.diffusion_model.parameters():
-            if param.dim() > 1:
-                param.normal_(0.0, 0.05, generator=generator)
-            else:
-                param.zero_()
-    patcher = model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
-    positive = [[torch.randn(1, 77, TINY_UNET_CONFIG["context_dim"], generator=generator), {}]]
+    patcher = tiny_sd15_patcher(generator)
+    positive = [[torch.randn(1, 77, TINY_SD15_UNET_CONFIG["context_dim"], generator=generator), {}]]
     latent = run_node(comfy.node("EmptyLatentImage"), width=64, height=64, batch_size=1)[0]
     return SimpleNamespace(model=patcher, positive=positive, latent=latent)
 

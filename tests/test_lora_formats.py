@@ -11,7 +11,6 @@ refused whole, before any weight is touched.
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,7 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from devkit import lora_formats
-from devkit.inprocess import PACK_NODE_IDS, Comfy, load_comfy, run_node
+from devkit.inprocess import Comfy, load_comfy, run_node
 from devkit.model_files import default_models_dir
 from devkit.sdxl_test_model import sdxl_meta_model
 
@@ -37,12 +36,7 @@ TABLE: dict[str, tuple[int, int, int, int, int]] = {}
 
 @pytest.fixture(scope="module")
 def comfy(test_models: dict) -> Comfy:
-    """ComfyUI with the pack, loaded once per process (another test module may have loaded it already)."""
-    comfy_nodes = sys.modules.get("nodes")
-    mappings = getattr(comfy_nodes, "NODE_CLASS_MAPPINGS", {})
-    if all(node_id in mappings for node_id in PACK_NODE_IDS):
-        sampler_module = sys.modules[mappings[PACK_NODE_IDS[0]].__module__]
-        return Comfy(comfy_nodes, mappings, sys.modules[sampler_module.__name__.rsplit(".", 1)[0]])
+    """ComfyUI with the pack (loaded once per process)."""
     return load_comfy(default_models_dir())
 
 

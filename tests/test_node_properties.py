@@ -21,32 +21,16 @@ import torch
 from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 
-from devkit.inprocess import PACK_NODE_IDS, Comfy, load_comfy, run_node
-from devkit.model_files import default_models_dir, sd15_unet_config
+from devkit.inprocess import Comfy, load_comfy, run_node
+from devkit.model_files import TINY_SD15_UNET_CONFIG, default_models_dir, tiny_sd15_patcher
 
 SAMPLER, SCHEDULER = "TrajectoryConsistencySampler", "TrajectoryConsistencyScheduler"
-CONTEXT_DIM = 32
-# ComfyUI's SD1.5 UNet layout, shrunk: one level, 32 channels, one transformer block (about 250k weights).
-TINY_UNET_CONFIG = {
-    **sd15_unet_config(),
-    "model_channels": 32,
-    "num_res_blocks": [1],
-    "transformer_depth": [1],
-    "channel_mult": [1],
-    "context_dim": CONTEXT_DIM,
-    "num_heads": 2,
-    "transformer_depth_output": [1, 1],
-}
+CONTEXT_DIM = TINY_SD15_UNET_CONFIG["context_dim"]
 MAX_SAMPLED_STEPS = 10  # sampling draws at most this many steps (the scheduler alone takes the full range)
 
 
 def _comfy_in_process() -> Comfy:
-    """ComfyUI with the pack, loaded once per process (another test module may have loaded it already)."""
-    comfy_nodes = sys.modules.get("nodes")
-    mappings = getattr(comfy_nodes, "NODE_CLASS_MAPPINGS", {})
-    if all(node_id in mappings for node_id in PACK_NODE_IDS):
-        sampler_module = sys.modules[mappings[SAMPLER].__module__]
-        return Comfy(comfy_nodes, mappings, sys.modules[sampler_module.__name__.rsplit(".", 1)[0]])
+    """ComfyUI with the pack (loaded once per process)."""
     return load_comfy(default_models_dir())
 
 
@@ -89,19 +73,8 @@ def tiny(comfy: Comfy) -> Iterator[SimpleNamespace]:
 
 def tiny_model(comfy: Comfy) -> SimpleNamespace:
     """A tiny SD1.5-class model (eps, discrete schedule) in a real ModelPatcher, with matching conditioning."""
-    from comfy import model_patcher, supported_models  # (`import comfy.x` would rebind the fixture's name)
-
-    model_config = supported_models.SD15(dict(TINY_UNET_CONFIG, dtype=torch.float32))
-    model = model_config.get_model({}, device=torch.device("cpu"))
     generator = torch.Generator().manual_seed(20240301)
-    with torch.no_grad():
-        for param in model.diffusion_model.parameters():
-            if param.dim() > 1:
-                param.normal_(0.0, 0.05, generator=generator)
-            else:
-                param.zero_()
-    cpu = torch.device("cpu")
-    patcher = model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+    patcher = tiny_sd15_patcher(generator)
     conditioning = [[torch.randn(1, 77, CONTEXT_DIM, generator=generator), {}]]
     pack_name = comfy.pack_nodes.__name__.rsplit(".", 1)[0]  # the pack as ComfyUI imported it
     tcd_core = importlib.import_module(f"{pack_name}.tcd_core")

@@ -3,7 +3,6 @@ that family's own recommended diffusers scheduler (same timesteps, same noise le
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -13,20 +12,9 @@ import torch
 from diffusers import DDIMScheduler, EulerDiscreteScheduler, LCMScheduler, TCDScheduler
 
 from devkit.host import REPO_ROOT
-from devkit.inprocess import PACK_NODE_IDS, Comfy, load_comfy, run_node
-from devkit.model_files import default_models_dir, sd15_unet_config
+from devkit.inprocess import Comfy, load_comfy, run_node
+from devkit.model_files import TINY_SD15_UNET_CONFIG, default_models_dir
 
-# ComfyUI's SD1.5 UNet layout, shrunk: one level, 32 channels, one transformer block.
-TINY_UNET_CONFIG = {
-    **sd15_unet_config(),
-    "model_channels": 32,
-    "num_res_blocks": [1],
-    "transformer_depth": [1],
-    "channel_mult": [1],
-    "context_dim": 32,
-    "num_heads": 2,
-    "transformer_depth_output": [1, 1],
-}
 SCHEDULER = "TrajectoryConsistencyScheduler"
 TOLERANCE = 1e-6
 SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}  # SD1.5 / SDXL
@@ -89,12 +77,7 @@ def reference_sigmas(row: Row) -> tuple[list[int], torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def comfy(test_models: dict) -> Comfy:
-    """ComfyUI with the pack, loaded once per process (another test module may have loaded it already)."""
-    comfy_nodes = sys.modules.get("nodes")
-    mappings = getattr(comfy_nodes, "NODE_CLASS_MAPPINGS", {})
-    if all(node_id in mappings for node_id in PACK_NODE_IDS):
-        sampler_module = sys.modules[mappings[PACK_NODE_IDS[0]].__module__]
-        return Comfy(comfy_nodes, mappings, sys.modules[sampler_module.__name__.rsplit(".", 1)[0]])
+    """ComfyUI with the pack (loaded once per process)."""
     return load_comfy(default_models_dir())
 
 
@@ -105,7 +88,7 @@ def sd15(comfy: Comfy) -> SimpleNamespace:
     from comfy import model_patcher, supported_models  # (`import comfy.x` would rebind the fixture's name)
 
     cpu = torch.device("cpu")
-    model = supported_models.SD15(dict(TINY_UNET_CONFIG, dtype=torch.float32)).get_model({}, device=cpu)
+    model = supported_models.SD15(dict(TINY_SD15_UNET_CONFIG, dtype=torch.float32)).get_model({}, device=cpu)
     return SimpleNamespace(model=model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu))
 
 
