@@ -447,6 +447,9 @@ def test_trained_lora_saves_reloads_and_changes_tcd_sampling(comfy_server: Comfy
         "class_type": "LoraModelLoader",
         "inputs": {"model": ["ckpt", 0], "lora": ["distill", 1], "strength_model": 1.0},
     }
+    loader_inputs = comfy_server.get_json("/object_info/LoraModelLoader")["LoraModelLoader"]["input"]["required"]
+    if "bypass" in loader_inputs:  # newer ComfyUI (0.30): a required switch; off is 0.3.75's behaviour
+        graph["lora_model"]["inputs"]["bypass"] = False
     add_sampling(graph, "trained", ["distill", 0])
     add_sampling(graph, "lora_model_loader", ["lora_model", 0])
     started = time.monotonic()

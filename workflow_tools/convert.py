@@ -13,7 +13,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .graph import BYPASSED, FRONTEND_ONLY_TYPES, MUTED, NOTE_TYPES, Issue, Link, UIGraph, WorkflowError, node_label
+from .graph import (
+    BYPASSED,
+    FRONTEND_ONLY_TYPES,
+    MUTED,
+    NOTE_TYPES,
+    WARNING,
+    Issue,
+    Link,
+    UIGraph,
+    WorkflowError,
+    node_label,
+)
 from .object_info import CONTROL_VALUES, UPLOAD_VALUES, InputSpec, NodeSchema, ObjectInfo
 
 
@@ -112,6 +123,19 @@ def _saved_widget_values(node: Mapping[str, Any], schema: NodeSchema, label: str
             index += 1
             upload_pending = False
     issues = []
+    socket_only = _saved_widgets_now_sockets(node, schema)
+    if index < len(values) and len(values) - index <= len(socket_only):
+        # Saved when these inputs were widgets (linked, so their values were never used); this version
+        # makes them plain sockets. The frontend drops their values on loading; so do we.
+        issues.append(
+            Issue(
+                f"drops the saved values {values[index:]!r} of {', '.join(socket_only)}: inputs that were widgets "
+                "when the workflow was saved and are plain sockets in this version of the node",
+                label,
+                severity=WARNING,
+            )
+        )
+        index = len(values)
     if index < len(values):
         names = ", ".join(spec.name for spec in widgets) or "none"
         issues.append(
@@ -122,6 +146,18 @@ def _saved_widget_values(node: Mapping[str, Any], schema: NodeSchema, label: str
             )
         )
     return mapped, issues
+
+
+def _saved_widgets_now_sockets(node: Mapping[str, Any], schema: NodeSchema) -> list[str]:
+    """Inputs the saved node marks as converted widgets (``"widget": {...}``) that this version of the
+    node declares as sockets only (e.g. a STRING input that gained ``forceInput``)."""
+    widget_names = {spec.name for spec in schema.widget_inputs}
+    names = []
+    for entry in node.get("inputs") or []:
+        name = (entry.get("widget") or {}).get("name")
+        if name and name not in widget_names and schema.input(name) is not None:
+            names.append(name)
+    return names
 
 
 def _input_type(node: Mapping[str, Any], index: int, schema: NodeSchema | None) -> str:
