@@ -267,6 +267,13 @@ class ComfyUIPage:
         del self.page_errors[:]
         self.page.set_input_files("#comfy-file-input", str(path))
         self.page.wait_for_function(f"() => window.__tcdProbe.loads > {loads}", timeout=timeout * 1000)
+        if any("Unable to find workflow" in str(t) for t in self.page.evaluate("() => window.__tcdProbe.toasts")):
+            # Frontend 1.47 (ComfyUI 0.30) now and then reads a re-picked file as holding no workflow; the
+            # file is fine (it loads on the next pick), so pick it once more, as a user would.
+            loads = self.page.evaluate("() => { window.__tcdProbe.toasts = []; return window.__tcdProbe.loads; }")
+            self.page.evaluate("() => { document.querySelector('#comfy-file-input').value = ''; }")
+            self.page.set_input_files("#comfy-file-input", str(path))
+            self.page.wait_for_function(f"() => window.__tcdProbe.loads > {loads}", timeout=timeout * 1000)
         self.page.evaluate(CLOSE_OTHER_WORKFLOWS)
         self.page.evaluate(FIT_GRAPH, FIT_MARGINS)
         self.page.evaluate(NEXT_FRAMES)

@@ -18,7 +18,6 @@ from .graph import (
     FRONTEND_ONLY_TYPES,
     MUTED,
     NOTE_TYPES,
-    WARNING,
     Issue,
     Link,
     UIGraph,
@@ -123,18 +122,9 @@ def _saved_widget_values(node: Mapping[str, Any], schema: NodeSchema, label: str
             index += 1
             upload_pending = False
     issues = []
-    socket_only = _saved_widgets_now_sockets(node, schema)
-    if index < len(values) and len(values) - index <= len(socket_only):
-        # Saved when these inputs were widgets (linked, so their values were never used); this version
-        # makes them plain sockets. The frontend drops their values on loading; so do we.
-        issues.append(
-            Issue(
-                f"drops the saved values {values[index:]!r} of {', '.join(socket_only)}: inputs that were widgets "
-                "when the workflow was saved and are plain sockets in this version of the node",
-                label,
-                severity=WARNING,
-            )
-        )
+    if index < len(values) and len(values) - index <= len(_saved_widgets_now_sockets(node, schema)):
+        # Saved when these inputs were widgets (linked, so their values were never used); this version makes
+        # them plain sockets. The frontend drops their values silently on loading; so does the conversion.
         index = len(values)
     if index < len(values):
         names = ", ".join(spec.name for spec in widgets) or "none"
