@@ -90,6 +90,31 @@ def latents(count: int = 2, size: int = 8, seed: int = 7) -> dict:
     return {"samples": torch.randn(count, 4, size, size, generator=torch.Generator().manual_seed(seed))}
 
 
+# The widgets of a tiny run (2 steps, rank 4, fp32), in-process and through the server.
+DISTILL_WIDGETS = {
+    "batch_size": 2,
+    "grad_accumulation_steps": 1,
+    "steps": 2,
+    "learning_rate": 0.01,  # large, so that 2 steps visibly change a random-weight model's image
+    "rank": 4,
+    "optimizer": "AdamW",
+    "seed": 0,
+    "training_dtype": "fp32",
+    "lora_dtype": "fp32",
+    "gradient_checkpointing": True,
+    "existing_lora": "None",
+    "guidance_min": 3.0,
+    "guidance_max": 15.0,
+    "num_ddim_timesteps": 50,
+    "ema_decay": 0.0,
+    "loss": "huber",
+    "huber_c": 0.001,
+    "s_rule": "uniform",
+    "s_zero_share": 0.2,
+    "method": "tcd",
+}
+
+
 def inputs(**overrides: Any) -> dict:
     """The node's inputs as ComfyUI passes them to an is_input_list node: every value in a list."""
     values = {
@@ -97,26 +122,8 @@ def inputs(**overrides: Any) -> dict:
         "latents": latents(),
         "positive": conditioning(1),
         "negative": conditioning(2),
-        "batch_size": 2,
-        "grad_accumulation_steps": 1,
-        "steps": 2,
+        **DISTILL_WIDGETS,
         "learning_rate": 1e-3,
-        "rank": 4,
-        "optimizer": "AdamW",
-        "seed": 0,
-        "training_dtype": "fp32",
-        "lora_dtype": "fp32",
-        "gradient_checkpointing": True,
-        "existing_lora": "None",
-        "guidance_min": 3.0,
-        "guidance_max": 15.0,
-        "num_ddim_timesteps": 50,
-        "ema_decay": 0.0,
-        "loss": "huber",
-        "huber_c": 0.001,
-        "s_rule": "uniform",
-        "s_zero_share": 0.2,
-        "method": "tcd",
     }
     values.update(overrides)
     return {name: value if isinstance(value, list) and name in ("latents", "positive", "negative") else [value]
@@ -322,28 +329,6 @@ def test_bad_inputs_are_refused_before_training(node: Any, overrides: dict, frag
 # --- through the real server, on the SD1.5 test checkpoint ------------------------------------------------
 
 Graph = dict[str, dict[str, Any]]
-DISTILL_WIDGETS = {
-    "batch_size": 2,
-    "grad_accumulation_steps": 1,
-    "steps": 2,
-    "learning_rate": 0.01,  # large, so that 2 steps visibly change a random-weight model's image
-    "rank": 4,
-    "optimizer": "AdamW",
-    "seed": 0,
-    "training_dtype": "fp32",
-    "lora_dtype": "fp32",
-    "gradient_checkpointing": True,
-    "existing_lora": "None",
-    "guidance_min": 3.0,
-    "guidance_max": 15.0,
-    "num_ddim_timesteps": 50,
-    "ema_decay": 0.0,
-    "loss": "huber",
-    "huber_c": 0.001,
-    "s_rule": "uniform",
-    "s_zero_share": 0.2,
-    "method": "tcd",
-}
 
 
 def training_images(server: ComfyServer, count: int = 2, size: int = 64) -> list[str]:
