@@ -1,6 +1,6 @@
 """``python -m tcd_train``, ``accelerate launch -m tcd_train``, ``torchrun -m tcd_train``."""
 
-from tcd_train.train import main
+from .train import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -15,7 +15,9 @@ import io
 import json
 import os
 import tarfile
+import urllib.error
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +25,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from tcd_train.options import Resolution
-from tcd_train.pack import TrainerError
+from .options import Resolution
+from .pack import TrainerError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 WDS_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
@@ -171,8 +173,30 @@ def _is_local(url: str) -> bool:
     return scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt")
 
 
+def _check_http_shards(urls: list[str], timeout: float = 20.0) -> None:
+    """Every http(s) shard must answer a HEAD request with success (asked 16 at a time)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def problem(url: str) -> str | None:
+        request = urllib.request.Request(url, method="HEAD")  # noqa: S310 - the user's own shard URLs
+        try:
+            with urllib.request.urlopen(request, timeout=timeout):  # noqa: S310
+                return None
+        except urllib.error.HTTPError as error:
+            return f"HTTP {error.code} {error.reason}"
+        except (urllib.error.URLError, OSError) as error:
+            return f"unreachable: {getattr(error, 'reason', error)}"
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        for url, found in zip(urls, pool.map(problem, urls), strict=True):
+            if found:
+                raise TrainerError(f"--train_shards_path_or_url: shard {url} cannot be read ({found})")
+
+
 def check_shards(urls: list[str]) -> None:
-    """Every local shard must exist and open as a tar with at least one member; URLs are checked when read."""
+    """Every local shard must exist and open as a tar with at least one member; every http(s) shard must
+    answer; other URLs (``pipe:``, ``s3://``, ...) are opened by webdataset when read."""
+    _check_http_shards([u for u in urls if urllib.parse.urlparse(u).scheme in ("http", "https")])
     for url in urls:
         if not _is_local(url):
             continue

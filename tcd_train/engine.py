@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tcd_train.data import Sample, prepare_image, sample_generator
-from tcd_train.options import Resolution
-from tcd_train.pack import TrainerError, pack_module
+from .data import Sample, prepare_image, sample_generator
+from .options import Resolution
+from .pack import TrainerError, pack_module
 
 # ComfyUI model configs (comfy.supported_models) the trainer distils: discrete-time VP UNets, eps or v.
 SUPPORTED_FAMILIES = ("SD15", "SD20", "SDXL", "SSD1B", "Segmind_Vega", "KOALA_700M", "KOALA_1B")

@@ -7,9 +7,10 @@ import argparse
 import math
 import os
 import re
+import sys
 from dataclasses import dataclass
 
-from tcd_train.pack import TrainerError
+from .pack import TrainerError
 
 METHODS = ("tcd", "lcm")
 S_RULES = ("uniform", "uniform+zero", "uniform+zero-ramp")  # tcd_core.distill.S_RULES (checked again there)
@@ -17,9 +18,9 @@ S_RULES = ("uniform", "uniform+zero", "uniform+zero-ramp")  # tcd_core.distill.S
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m tcd_train",
+        prog="tcd-train" if os.path.basename(sys.argv[0]).startswith("tcd-train") else "python -m tcd_train",
         description="Distil a TCD (or LCM) LoRA from a single-file SD1.5 / SD2.1 / SDXL checkpoint, on one or "
-        "many GPUs (accelerate launch -m tcd_train ..., torchrun -m tcd_train ...).",
+        "many GPUs (tcd-train ..., accelerate launch -m tcd_train ..., torchrun -m tcd_train ...).",
     )
     g = p.add_argument_group("model")
     g.add_argument("--comfyui", default=None, help="ComfyUI checkout to load models with (default $COMFYUI_PATH)")

@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
-from tcd_train import data as data_mod
-from tcd_train import engine
-from tcd_train.options import build_parser, check_options, parse_resolution
-from tcd_train.pack import TrainerError, import_comfyui
+from . import data as data_mod
+from . import engine
+from .options import build_parser, check_options, parse_resolution
+from .pack import TrainerError, import_comfyui
 
 CHECKPOINT_PREFIX = "checkpoint-"
 

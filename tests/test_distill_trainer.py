@@ -78,10 +78,18 @@ def trainer_args(checkpoint: Path, data: str, out: Path, batch: int, *extra: str
     ]  # fmt: skip
 
 
-def launch(args: list[str], processes: int = 1, port: int = 29561) -> subprocess.Popen:
+def launch(
+    args: list[str], processes: int = 1, port: int = 29561, node: tuple[int, int] | None = None
+) -> subprocess.Popen:
+    """The trainer in a fresh process: alone, under torchrun on ``processes`` local processes, or as node
+    ``node = (rank, count)`` of a multi-node torchrun job (one process per node, rendezvous on localhost)."""
     launcher = [sys.executable, "-m", "tcd_train"]
     if processes > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
+                    f"--master_port={port}", "-m", "tcd_train"]  # fmt: skip
+    if node is not None:
+        launcher = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={node[1]}",
+                    f"--node_rank={node[0]}", "--nproc_per_node=1", "--master_addr=127.0.0.1",
                     f"--master_port={port}", "-m", "tcd_train"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([*launcher, *args], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
@@ -89,8 +97,10 @@ def launch(args: list[str], processes: int = 1, port: int = 29561) -> subprocess
 
 
 def finish(process: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
-    output, _ = process.communicate(timeout=timeout)
-    return process.returncode, output
+    """Wait for a launched run: (exit code, its output); kept, so that several tests can read one run."""
+    if not hasattr(process, "tcd_output"):
+        process.tcd_output, _ = process.communicate(timeout=timeout)
+    return process.returncode, process.tcd_output
 
 
 def train_here(argv: list[str], draws: Any = None) -> dict:
@@ -191,6 +201,170 @@ def test_a_killed_run_resumed_from_latest_equals_an_uninterrupted_one(
     print(f"killed at {KILL_AT} + resumed vs uninterrupted ({STEPS} AdamW steps): rel {rel:.3g}, max abs {max_abs:.3g}")
     assert moved > 1e-3
     assert rel < 1e-6
+
+
+SGD = ("--optimizer", "SGD", "--learning_rate", "0.2")
+
+
+@pytest.fixture(scope="module")
+def launched_at_scale(checkpoint: Path, shards: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Started when first asked for (after the runs of ``launched``, so that at most three share the cores):
+    a two-node torchrun job (one process per node, the DDP run's settings) and a bf16 run."""
+    root = tmp_path_factory.mktemp("at-scale")
+    nodes = [launch(trainer_args(checkpoint, shards, root / "nodes", 1, *SGD), port=29573, node=(rank, 2))
+             for rank in (0, 1)]  # fmt: skip
+    bf16 = launch(trainer_args(checkpoint, shards, root / "bf16", 2, *SGD, "--mixed_precision", "bf16"))
+    yield {"nodes": (nodes, root / "nodes"), "bf16": (bf16, root / "bf16")}
+    for process in (*nodes, bf16):
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def fp32_run(checkpoint: Path, shards: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One process, batch 2, SGD (the update is the gradient: precision shows as it is), fp32, local shards:
+    the reference of the bf16 and URL runs."""
+    return train_here(trainer_args(checkpoint, shards, tmp_path_factory.mktemp("fp32"), 2, *SGD))
+
+
+def test_a_two_node_job_trains_the_lora_of_one_node_with_two_processes(
+    launched: dict, launched_at_scale: dict, checkpoint: Path
+) -> None:
+    """Multi-node as torchrun runs it (--nnodes 2 --node_rank r, static rendezvous at the master's address;
+    here both nodes on localhost): the same LoRA as the single-node 2-process DDP run."""
+    nodes, out = launched_at_scale["nodes"]
+    for rank, process in enumerate(nodes):
+        code, output = finish(process)
+        assert code == 0, f"node {rank}:\n{output[-6000:]}"
+    assert '"processes": 2' in finish(nodes[0])[1]
+    ddp_process, ddp_out = launched["ddp"]
+    assert finish(ddp_process)[0] == 0
+    ddp, nodes_lora = load_file(ddp_out / "tcd_lora.safetensors"), load_file(out / "tcd_lora.safetensors")
+    rel, max_abs, moved = delta_difference(ddp, nodes_lora, initial_lora(checkpoint))
+    print(f"2 nodes x 1 process vs 1 node x 2 processes: rel {rel:.3g}, max abs {max_abs:.3g}")
+    assert moved > 1e-3
+    assert rel < 1e-6  # the same two ranks and the same gloo all-reduce: equal up to round-off
+
+
+def test_bf16_mixed_precision_trains_close_to_fp32_and_saves_an_fp32_lora(
+    launched_at_scale: dict, fp32_run: dict, checkpoint: Path
+) -> None:
+    """--mixed_precision bf16 (accelerate's autocast; the frozen model in bf16): the LoRA moves as the fp32
+    run's does, within bf16's precision, and is saved in fp32 as ComfyUI's trainer saves it."""
+    process, out = launched_at_scale["bf16"]
+    code, output = finish(process)
+    assert code == 0, output[-6000:]
+    bf16 = load_file(out / "tcd_lora.safetensors")
+    assert {t.dtype for t in bf16.values()} == {torch.float32}
+    fp32, start = load_file(fp32_run["lora"]), initial_lora(checkpoint)
+    rel, max_abs, moved = delta_difference(fp32, bf16, start)
+    a, b = (torch.cat([(lora[k].double() - start[k].double()).flatten() for k in start]) for lora in (fp32, bf16))
+    cosine = float(a @ b / (a.norm() * b.norm()))
+    print(f"bf16 vs fp32 after {STEPS} SGD steps: rel {rel:.3g}, cosine {cosine:.3f}, max abs {max_abs:.3g}, "
+          f"|dLoRA| {moved:.3g} vs {float(b.norm()):.3g}")  # fmt: skip
+    assert moved > 1e-3 and 0.7 < float(b.norm() / a.norm()) < 1.4
+    # bf16 keeps 8 mantissa bits, and the step's loss compares two nearly equal trajectories (the fresh LoRA
+    # is zero) through the guided teacher's x0 = (x_t - s_t eps) / a_t, which magnifies eps's rounding about
+    # 14x at t = 999, times w up to 15: about 0.4 of the first gradients' norm is rounding (measured). A
+    # bf16 path that broke the LoRA's update (bf16 master weights, no autocast, NaN) fails the direction.
+    assert rel > 1e-3  # bf16 really ran: not the fp32 numbers
+    assert cosine > 0.85
+
+
+@contextlib.contextmanager
+def http_server(folder: Path) -> Iterator[str]:
+    """``folder`` served over HTTP on localhost (python's http.server in a thread); yields the base URL."""
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(folder), **kwargs)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        thread.join()
+
+
+def test_shards_streamed_by_url_train_what_the_same_local_shards_train(
+    fp32_run: dict, checkpoint: Path, shards: str, tmp_path: Path
+) -> None:
+    """webdataset shards by http:// URL (a local HTTP server): the same samples in the same order, so the
+    same LoRA as the local paths; a URL that answers 404 is refused before any training, naming it."""
+    from tcd_train.pack import TrainerError
+
+    with http_server(Path(shards).parent) as base:
+        spec = f"{base}/{Path(shards).name}"
+        via_url = train_here(trainer_args(checkpoint, spec, tmp_path / "url", 2, *SGD))
+        with pytest.raises(TrainerError) as error:
+            train_here(trainer_args(checkpoint, f"{base}/missing-{{0..1}}.tar", tmp_path / "missing", 2))
+    assert f"{base}/missing-0.tar cannot be read (HTTP 404" in str(error.value)
+    assert not (tmp_path / "missing" / "tcd_lora.safetensors").exists()
+    rel, max_abs, moved = delta_difference(load_file(fp32_run["lora"]), load_file(via_url["lora"]),
+                                           initial_lora(checkpoint))  # fmt: skip
+    assert moved > 1e-3
+    assert max_abs == 0.0, (rel, max_abs)
+
+
+PACKAGE_FILES = ("pyproject.toml", "LICENSE", "README.md", "__init__.py", "nodes", "tcd_core", "tcd_train")
+
+
+def test_pip_install_of_the_train_extra_gives_a_tcd_train_command_that_runs_anywhere(
+    checkpoint: Path, shards: str, tmp_path: Path
+) -> None:
+    """`pip install ".[train]"` (pyproject.toml): a wheel whose `train` extra asks for accelerate and webdataset
+    and nothing asks for torch, holding the pack as one package (no top-level `nodes` beside ComfyUI's) and
+    the `tcd-train` command; the installed command trains and saves a LoRA from a folder outside the pack."""
+    import shutil
+    import zipfile
+
+    source = tmp_path / "source"  # a copy: building writes build/ and *.egg-info into the source folder
+    source.mkdir()
+    for name in PACKAGE_FILES:
+        path = REPO_ROOT / name
+        if path.is_dir():
+            shutil.copytree(path, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(path, source / name)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
+    built = subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w",
+                            str(tmp_path / "wheel"), str(source)], capture_output=True, text=True)  # fmt: skip
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    (wheel,) = (tmp_path / "wheel").glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        meta = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+        entry_points = archive.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    requires = [line for line in meta.splitlines() if line.startswith("Requires-Dist:")]
+    assert any(line.startswith("Requires-Dist: accelerate") and 'extra == "train"' in line for line in requires)
+    assert any(line.startswith("Requires-Dist: webdataset") and 'extra == "train"' in line for line in requires)
+    assert not [line for line in requires if "torch" in line.split(";")[0]], requires
+    assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {"comfyui_tcd_sampling"}
+    assert "tcd-train = comfyui_tcd_sampling.tcd_train.train:main" in entry_points
+
+    site = tmp_path / "site"
+    installed = subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
+                               capture_output=True, text=True)  # fmt: skip
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}  # the pack's folder is not on the path
+    argv = trainer_args(checkpoint, shards, elsewhere / "out", 1, "--max_train_steps", "1")
+    command = [str(site / "bin" / "tcd-train"), *argv]
+    run = subprocess.run(command, cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert '"steps": 1' in run.stdout and (elsewhere / "out" / "tcd_lora.safetensors").is_file()
+    usage = subprocess.run([str(site / "bin" / "tcd-train"), "--help"], env=env, capture_output=True, text=True)
+    assert usage.stdout.startswith("usage: tcd-train")
 
 
 class NodeDraws:
