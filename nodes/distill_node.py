@@ -190,8 +190,8 @@ class TCDDistillLoRA(io.ComfyNode):
                     "loss",
                     options=list(distill.DISTILL_LOSSES),
                     default=DEFAULTS.loss,
-                    tooltip="The distance d of Eq. 29: huber = pseudo-Huber sqrt(diff^2 + c^2) - c (LCM's "
-                    "script), l2 = mean squared error.",
+                    tooltip="The distance d of Eq. 29: l2 = mean squared error (the better TCD students in the "
+                    "pack's benchmark), huber = pseudo-Huber sqrt(diff^2 + c^2) - c (as LCM-LoRA was trained).",
                 ),
                 io.Float.Input(
                     "huber_c",

@@ -90,8 +90,11 @@ class DistillConfig:
 
     Defaults follow diffusers' LCM-LoRA scripts (``examples/consistency_distillation/
     train_lcm_distill_lora_sdxl.py``; the SD ``_wds`` one uses guidance 5..15): 50 DDIM timesteps,
-    guidance 3..15 (LCM's ``w``, one less than the usual CFG scale), pseudo-Huber with ``c = 0.001``,
-    stop-grad target, timestep scaling 10 and ``sigma_data = 0.5`` for the LCM boundary condition.
+    guidance 3..15 (LCM's ``w``, one less than the usual CFG scale), stop-grad target, timestep
+    scaling 10 and ``sigma_data = 0.5`` for the LCM boundary condition, L2 distance (the scripts'
+    ``--loss_type`` default, and the better TCD students in the pack's distillation benchmark,
+    BENCHMARKS.md; the pseudo-Huber with ``c = 0.001`` that LCM-LoRA's documented commands pass is
+    ``loss="huber"``).
     """
 
     method: str = "tcd"  # "tcd" (TCF(1), s drawn by s_rule) | "lcm" (s = 0, c_skip/c_out)
@@ -100,7 +103,7 @@ class DistillConfig:
     num_train_timesteps: int = 1000
     guidance_min: float = 3.0
     guidance_max: float = 15.0  # both 0 -> unguided teacher (Algorithm 1), no uncond forward
-    loss: str = "huber"  # "huber" (sqrt((a-b)^2 + c^2) - c, elementwise) | "l2"
+    loss: str = "l2"  # "l2" | "huber" (sqrt((a-b)^2 + c^2) - c, elementwise; LCM-LoRA's commands)
     huber_c: float = 0.001
     s_rule: str = "uniform"  # one of S_RULES
     s_zero_share: float = 0.2  # rules "uniform+zero" / "uniform+zero-ramp": share of s = 0

@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num_ddim_timesteps", type=int, default=50)
     g.add_argument("--w_min", type=float, default=3.0, help="guidance scale range of the teacher (LCM form)")
     g.add_argument("--w_max", type=float, default=15.0)
-    g.add_argument("--loss_type", choices=("huber", "l2"), default="huber")
+    g.add_argument("--loss_type", choices=("huber", "l2"), default="l2")
     g.add_argument("--huber_c", type=float, default=0.001)
     g.add_argument("--s_rule", choices=S_RULES, default="uniform")
     g.add_argument("--s_zero_share", type=float, default=0.2)
