@@ -206,10 +206,10 @@ def test_lcm_boundary_scalings() -> None:
 def test_distance_matches_lcms_pseudo_huber_and_mse() -> None:
     g = torch.Generator().manual_seed(2)
     a, b = torch.randn(3, 4, 5, generator=g), torch.randn(3, 4, 5, generator=g)
-    huber = distance(DistillConfig(huber_c=0.001), a, b)
+    huber = distance(DistillConfig(loss="huber", huber_c=0.001), a, b)
     assert torch.allclose(huber, torch.mean(torch.sqrt((a - b) ** 2 + 0.001**2) - 0.001), rtol=1e-6)
     assert torch.allclose(distance(DistillConfig(loss="l2"), a, b), nn.functional.mse_loss(a, b), rtol=1e-6)
-    assert distance(DistillConfig(), a, a) == 0.0
+    assert distance(DistillConfig(loss="huber"), a, a) == 0.0 == distance(DistillConfig(), a, a)
     per_sample = distance(DistillConfig(loss="l2"), a, b, reduction="none")
     assert per_sample.shape == (3,) and torch.allclose(per_sample, ((a - b) ** 2).mean(dim=(1, 2)))
     with pytest.raises(TCDInputError, match="reduction must be one of 'mean', 'none'"):
