@@ -90,11 +90,12 @@ class DistillConfig:
 
     Defaults follow diffusers' LCM-LoRA scripts (``examples/consistency_distillation/
     train_lcm_distill_lora_sdxl.py``; the SD ``_wds`` one uses guidance 5..15): 50 DDIM timesteps,
-    guidance 3..15 (LCM's ``w``, one less than the usual CFG scale), stop-grad target, timestep
-    scaling 10 and ``sigma_data = 0.5`` for the LCM boundary condition, L2 distance (the scripts'
-    ``--loss_type`` default, and the better TCD students in the pack's distillation benchmark,
-    BENCHMARKS.md; the pseudo-Huber with ``c = 0.001`` that LCM-LoRA's documented commands pass is
-    ``loss="huber"``).
+    guidance 3..15 (LCM's ``w``, one less than the usual CFG scale), timestep scaling 10 and
+    ``sigma_data = 0.5`` for the LCM boundary condition, L2 distance (the scripts' ``--loss_type``
+    default). The target is an EMA of the trained weights with decay 0.95 (the LCM paper's; the LoRA
+    scripts use stop-grad, ``ema_decay=0``): of the four target x loss pairs in the pack's
+    distillation benchmark (BENCHMARKS.md), EMA 0.95 with L2 gave the best TCD students, full and
+    LoRA. ``loss="huber"`` with ``c = 0.001`` is the pseudo-Huber that LCM-LoRA's commands pass.
     """
 
     method: str = "tcd"  # "tcd" (TCF(1), s drawn by s_rule) | "lcm" (s = 0, c_skip/c_out)
@@ -107,7 +108,7 @@ class DistillConfig:
     huber_c: float = 0.001
     s_rule: str = "uniform"  # one of S_RULES
     s_zero_share: float = 0.2  # rules "uniform+zero" / "uniform+zero-ramp": share of s = 0
-    ema_decay: float = 0.0  # 0 = stop-grad target (student under no_grad); else EMA of the weights
+    ema_decay: float = 0.95  # EMA of the trained weights as the target; 0 = stop-grad (student under no_grad)
     timestep_scaling: float = 10.0  # LCM boundary condition
     sigma_data: float = 0.5  # LCM boundary condition
 

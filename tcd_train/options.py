@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--huber_c", type=float, default=0.001)
     g.add_argument("--s_rule", choices=S_RULES, default="uniform")
     g.add_argument("--s_zero_share", type=float, default=0.2)
-    g.add_argument("--ema_decay", type=float, default=0.0, help="0 = stop-grad target")
+    g.add_argument("--ema_decay", type=float, default=0.95, help="EMA target decay, as the node; 0 = stop-grad target")
     g.add_argument("--timestep_scaling_factor", type=float, default=10.0, help="LCM boundary condition")
     g = p.add_argument_group("optimisation")
     g.add_argument("--lora_rank", type=int, default=64)

@@ -33,7 +33,7 @@ NUM_DDIM_TIMESTEPS = 50
 @dataclass(frozen=True)
 class Cell:
     method: str  # "lcm" | "tcd"
-    ema_decay: float = 0.0  # the node's default: stop-grad
+    ema_decay: float = 0.95  # the node's default (tcd_core.distill.DistillConfig)
     loss: str = "l2"
     s_rule: str = "uniform"
     s_zero_share: float = 0.2
