@@ -49,7 +49,9 @@ def test_weak_teacher_is_refused(tmp_path) -> None:
 
 def test_fast_benchmark_orders_tcd_lcm_and_the_teacher_as_the_full_one_does() -> None:
     """Ring teacher (trained here once, about a minute, or read from the benchmark's cache), students
-    distilled here with the node's defaults (stop-grad, L2, s uniform), seed 0, 500 iterations each.
+    distilled here with stop-grad, L2, s uniform, seed 0, 500 iterations each. Stop-grad, not the node's
+    EMA 0.95: at 500 iterations the EMA target still lags, and neither method's ordering is settled
+    (seeds 0-3: TCD/LCM 0.8-1.3 at 8 steps); the full benchmark runs 2000.
 
     Seeds 0-3 at this budget gave (SWD): TCD at 8 steps 0.038-0.050 against LCM's 0.049-0.076 and the
     teacher's DDIM 0.093-0.099; TCD at 4 steps 0.035-0.070 against the teacher's 0.20-0.21; LCM at 1 step
