@@ -160,7 +160,10 @@ def write_latents_cache(root: str | os.PathLike, resolution: Resolution, samples
 
 def expand_shards(spec: str) -> list[str]:
     """webdataset's URL list: '::'-separated, brace ranges expanded ({000000..000099})."""
-    from webdataset.shardlists import expand_urls
+    try:
+        from webdataset.shardlists import expand_urls
+    except ImportError:
+        raise TrainerError("--train_shards_path_or_url needs webdataset: pip install webdataset") from None
 
     urls = list(expand_urls(spec))
     if not urls:

@@ -124,8 +124,11 @@ def train(args: argparse.Namespace, draws: Any = None) -> dict:
     source = open_source(args, resolution)
     resume = resume_path(args)
 
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
+    try:
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration
+    except ImportError:
+        raise TrainerError("the trainer needs accelerate: pip install accelerate (the pack's [train] extra)") from None
 
     log_with = "tensorboard" if args.report_to == "tensorboard" and _tensorboard_available() else None
     accelerator = Accelerator(

@@ -366,6 +366,17 @@ def test_pip_install_of_the_train_extra_gives_a_tcd_train_command_that_runs_anyw
     usage = subprocess.run([str(site / "bin" / "tcd-train"), "--help"], env=env, capture_output=True, text=True)
     assert usage.stdout.startswith("usage: tcd-train")
 
+    # the command without the [train] extra's accelerate (shadowed by a package that fails to import): a clear
+    # refusal naming what to install, no traceback
+    blocked = tmp_path / "no-accelerate" / "accelerate"
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text("raise ImportError('accelerate is not installed')\n")
+    no_extra = {**env, "PYTHONPATH": os.pathsep.join([str(blocked.parent), str(site)])}
+    refused = subprocess.run(command, cwd=elsewhere, env=no_extra, capture_output=True, text=True)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "the trainer needs accelerate: pip install accelerate" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
 
 class NodeDraws:
     """The node's randomness (DistillRun: one generator; per micro-step a randperm of the dataset, then the
