@@ -10,13 +10,12 @@ import re
 import sys
 from dataclasses import dataclass
 
-from .pack import TrainerError
-
-METHODS = ("tcd", "lcm")
-S_RULES = ("uniform", "uniform+zero", "uniform+zero-ramp")  # tcd_core.distill.S_RULES (checked again there)
+from .pack import TrainerError, pack_module
 
 
 def build_parser() -> argparse.ArgumentParser:
+    distill = pack_module("tcd_core.distill")  # pure torch: no ComfyUI needed yet
+    defaults = distill.DistillConfig()  # the node's defaults, so the two cannot drift apart
     p = argparse.ArgumentParser(
         prog="tcd-train" if os.path.basename(sys.argv[0]).startswith("tcd-train") else "python -m tcd_train",
         description="Distil a TCD (or LCM) LoRA from a single-file SD1.5 / SD2.1 / SDXL checkpoint, on one or "
@@ -38,16 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--random_flip", action="store_true", help="flip images horizontally with probability 0.5")
     g.add_argument("--latents_cache", default=None, help="folder: VAE-encode the data once there, reuse it")
     g = p.add_argument_group("distillation (tcd_core.distill.DistillConfig)")
-    g.add_argument("--method", choices=METHODS, default="tcd")
-    g.add_argument("--num_ddim_timesteps", type=int, default=50)
-    g.add_argument("--w_min", type=float, default=3.0, help="guidance scale range of the teacher (LCM form)")
-    g.add_argument("--w_max", type=float, default=15.0)
-    g.add_argument("--loss_type", choices=("huber", "l2"), default="l2")
-    g.add_argument("--huber_c", type=float, default=0.001)
-    g.add_argument("--s_rule", choices=S_RULES, default="uniform")
-    g.add_argument("--s_zero_share", type=float, default=0.2)
-    g.add_argument("--ema_decay", type=float, default=0.95, help="EMA target decay, as the node; 0 = stop-grad target")
-    g.add_argument("--timestep_scaling_factor", type=float, default=10.0, help="LCM boundary condition")
+    g.add_argument("--method", choices=distill.DISTILL_METHODS, default=defaults.method)
+    g.add_argument("--num_ddim_timesteps", type=int, default=defaults.num_ddim_timesteps)
+    g.add_argument("--w_min", type=float, default=defaults.guidance_min, help="teacher's guidance range (LCM form)")
+    g.add_argument("--w_max", type=float, default=defaults.guidance_max)
+    g.add_argument("--loss_type", choices=distill.DISTILL_LOSSES, default=defaults.loss)
+    g.add_argument("--huber_c", type=float, default=defaults.huber_c)
+    g.add_argument("--s_rule", choices=distill.S_RULES, default=defaults.s_rule)
+    g.add_argument("--s_zero_share", type=float, default=defaults.s_zero_share)
+    g.add_argument("--ema_decay", type=float, default=defaults.ema_decay, help="EMA target decay; 0 = stop-grad")
+    g.add_argument("--timestep_scaling_factor", type=float, default=defaults.timestep_scaling, help="LCM boundary")
     g = p.add_argument_group("optimisation")
     g.add_argument("--lora_rank", type=int, default=64)
     g.add_argument("--train_batch_size", type=int, default=8, help="per process")
