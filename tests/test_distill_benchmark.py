@@ -13,10 +13,11 @@ import torch
 from bench.distill.__main__ import PRECONDITION, check_teacher
 from bench.distill.data import RING_MODES, ring_centres, sample_ring
 from bench.distill.metrics import mode_coverage, sliced_wasserstein
+from bench.distill.nets import EpsConv, LoRAConv2d, adapters_off, add_lora
 from bench.distill.report import Report
 from bench.distill.run import Bench, Cell
 from bench.distill.setups import ring_setup
-from bench.distill.teacher import TeacherSpec
+from bench.distill.teacher import TeacherSpec, min_snr_weights
 
 
 def test_sliced_wasserstein_knows_a_shift() -> None:
@@ -71,3 +72,42 @@ def test_fast_benchmark_orders_tcd_lcm_and_the_teacher_as_the_full_one_does() ->
     assert swd(tcd, "sss0.0", 8) < swd(lcm, "lcm", 8)
     # and where the paper's s rule is weak: at 1 step LCM wins
     assert swd(lcm, "lcm", 1) < swd(tcd, "sss0.0", 1)
+
+
+def test_teacher_cache_keys_of_mlp_teachers_did_not_move_when_conv_teachers_came() -> None:
+    """The MLP teachers' cache keys are those of the benchmark's recorded runs (arch left out of an MLP's key)."""
+    ring = TeacherSpec("ring", dim=2, hidden=128, depth=3, iterations=8000, batch=512, lr=2e-3)
+    assert ring.key() == "374aa1d18ff9"
+    conv = TeacherSpec("digits", dim=64, hidden=32, depth=4, iterations=100, batch=8, lr=1e-3, arch="conv")
+    assert conv.key() != TeacherSpec(**{**conv.__dict__, "arch": "mlp"}).key()
+    assert isinstance(conv.build(), EpsConv) and "conv" in conv.describe()
+
+
+def test_conv_lora_starts_as_the_base_and_trains_only_the_adapters() -> None:
+    """LoRA on the conv teacher (LoCon form): the wrapped net computes the base exactly until trained,
+    gradients reach only the adapters, and adapters_off gives the base (the teacher) after training."""
+    torch.manual_seed(0)
+    net = EpsConv(64, channels=16, depth=2)
+    x, t = torch.randn(4, 64), torch.tensor([0, 250, 600, 999])
+    before = net(x, t).detach()
+    base = {k: v.clone() for k, v in net.state_dict().items()}
+    params = add_lora(net, rank=4, generator_seed=0)
+    assert any(isinstance(m, LoRAConv2d) for m in net.modules())
+    assert torch.equal(net(x, t), before)
+    opt = torch.optim.SGD(params, lr=0.1)
+    net(x, t).pow(2).mean().backward()
+    opt.step()
+    assert not torch.allclose(net(x, t), before)
+    with adapters_off(net):
+        assert torch.equal(net(x, t), before)
+    trained_base = {k.replace(".base.", "."): v for k, v in net.state_dict().items() if "lora_" not in k}
+    assert all(torch.equal(trained_base[k], v) for k, v in base.items())
+
+
+def test_min_snr_weights_leave_the_noisy_steps_and_damp_the_clean_ones() -> None:
+    """Weights are 1 where SNR <= gamma (large t) and gamma / SNR below: at t = 0, SNR is 1/0.00085 - 1."""
+    t = torch.tensor([0, 100, 400, 700, 999])
+    w = min_snr_weights(t, 1.0)
+    assert w[-1] == 1.0 and w[-2] == 1.0
+    assert torch.isclose(w[0], torch.tensor(0.00085 / (1 - 0.00085)), rtol=1e-4)
+    assert bool((w[1:] >= w[:-1]).all())

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iterations", type=int, default=2000)
     parser.add_argument("--no-cache", action="store_true", help="retrain teachers and students")
     parser.add_argument("--cache-only", action="store_true", help="train no student: report what is cached")
-    parser.add_argument("--skip", default="", help="comma list of parts to skip: ablation, srule, lora, cost")
+    parser.add_argument("--skip", default="", help="comma list of parts to skip: ablation, lr, srule, lora, cost")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "benchmarks")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> None:
             parts.append(("lora", report.lora, ablation_seeds))
         if case == "ring" and "ablation" not in skip:
             parts.append(("ablation", report.ablation_target_loss, ablation_seeds))
+        if case == "ring" and "lr" not in skip:
+            parts.append(("lr", report.learning_rate, ablation_seeds))
         if case == "ring" and "srule" not in skip:
             parts.append(("srule", report.ablation_s_rule, ablation_seeds))
         parts.append(("plot", report.plot, seeds))

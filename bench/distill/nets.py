@@ -1,8 +1,9 @@
-"""Small networks of the benchmark: an eps-prediction MLP with a timestep embedding, LoRA, a classifier.
+"""Small networks of the benchmark: eps-prediction MLP and conv nets with a timestep embedding, LoRA, a classifier.
 
 The eps network takes diffusers' VP convention, ``eps = net(x_t, t)`` with integer timesteps on
 the 1000-step schedule, so it is called exactly as tcd_core.distill calls a ComfyUI UNet.
-LoRA here is the plain ``W x + (alpha / r) B A x`` (Hu et al. 2021) on every linear layer.
+LoRA here is the plain ``W x + (alpha / r) B A x`` (Hu et al. 2021) on every linear layer and its
+LoCon form (a down conv of the base kernel, a 1x1 up conv) on every conv layer.
 """
 
 from __future__ import annotations
@@ -53,6 +54,46 @@ class EpsMLP(nn.Module):
         return self.out(nn.functional.silu(h))
 
 
+class ConvBlock(nn.Module):
+    """Residual block: GroupNorm, SiLU, 3x3 conv, plus the timestep embedding as a per-channel shift."""
+
+    def __init__(self, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(8, channels)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.time = nn.Linear(hidden, channels)
+        self.norm2 = nn.GroupNorm(8, channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, h: Tensor, temb: Tensor) -> Tensor:
+        y = self.conv1(nn.functional.silu(self.norm1(h))) + self.time(temb)[:, :, None, None]
+        return h + self.conv2(nn.functional.silu(self.norm2(y)))
+
+
+class EpsConv(nn.Module):
+    """eps_theta(x_t, t) for square one-channel images given flat (8x8 digits as [n, 64]): a small
+    convolutional residual network with no resampling (8x8 is small enough), same call as EpsMLP."""
+
+    def __init__(self, dim: int, channels: int = 64, depth: int = 4, temb_dim: int = 64) -> None:
+        super().__init__()
+        self.side = math.isqrt(dim)
+        if self.side * self.side != dim:
+            raise ValueError(f"EpsConv needs a square image, got dim {dim}")
+        self.temb_dim = temb_dim
+        self.temb = nn.Sequential(nn.Linear(temb_dim, channels), nn.SiLU(), nn.Linear(channels, channels))
+        self.inp = nn.Conv2d(1, channels, 3, padding=1)
+        self.blocks = nn.ModuleList(ConvBlock(channels, channels) for _ in range(depth))
+        self.norm = nn.GroupNorm(8, channels)
+        self.out = nn.Conv2d(channels, 1, 3, padding=1)
+
+    def forward(self, x: Tensor, t: Tensor, cond: object = None) -> Tensor:
+        temb = self.temb(timestep_embedding(t, self.temb_dim))
+        h = self.inp(x.reshape(-1, 1, self.side, self.side))
+        for block in self.blocks:
+            h = block(h, temb)
+        return self.out(nn.functional.silu(self.norm(h))).reshape(x.shape)
+
+
 class LoRALinear(nn.Module):
     """A frozen nn.Linear plus a trainable rank-r update ``(alpha / r) B A``; B starts at zero."""
 
@@ -73,8 +114,30 @@ class LoRALinear(nn.Module):
         return out
 
 
+class LoRAConv2d(nn.Module):
+    """A frozen nn.Conv2d plus a trainable rank-r update (LoCon form): a conv of the base's kernel,
+    stride and padding down to r channels, then a 1x1 conv up, scaled by ``alpha / r``; up starts at zero."""
+
+    def __init__(self, base: nn.Conv2d, rank: int, alpha: float | None = None) -> None:
+        super().__init__()
+        self.base = base
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+        self.scale = (alpha if alpha is not None else rank) / rank
+        self.lora_a = nn.Conv2d(base.in_channels, rank, base.kernel_size, base.stride, base.padding, bias=False)
+        self.lora_b = nn.Conv2d(rank, base.out_channels, 1, bias=False)
+        nn.init.zeros_(self.lora_b.weight)
+        self.enabled = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.base(x)
+        if self.enabled:
+            out = out + self.scale * self.lora_b(self.lora_a(x))
+        return out
+
+
 def add_lora(model: nn.Module, rank: int, generator_seed: int) -> list[nn.Parameter]:
-    """Wrap every nn.Linear of ``model`` in LoRALinear (in place); returns the trainable LoRA parameters."""
+    """Wrap every nn.Linear (LoRALinear) and nn.Conv2d (LoRAConv2d) of ``model`` in place; returns the LoRA weights."""
     torch.manual_seed(generator_seed)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -82,13 +145,15 @@ def add_lora(model: nn.Module, rank: int, generator_seed: int) -> list[nn.Parame
         for child_name, child in list(module.named_children()):
             if isinstance(child, nn.Linear):
                 setattr(module, child_name, LoRALinear(child, rank))
+            elif isinstance(child, nn.Conv2d):
+                setattr(module, child_name, LoRAConv2d(child, rank))
     return [p for n, p in model.named_parameters() if "lora_" in n]
 
 
 @contextlib.contextmanager
 def adapters_off(model: nn.Module) -> Iterator[None]:
     """The base network (the teacher of a LoRA student): every LoRA adapter switched off inside the block."""
-    layers = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    layers = [m for m in model.modules() if isinstance(m, (LoRALinear, LoRAConv2d))]
     for layer in layers:
         layer.enabled = False
     try:

@@ -12,6 +12,7 @@ from .run import GAMMAS, STEPS, Bench, Cell, MissingCell, fmt, ratio_of_means
 RING_TARGET = 0.8  # TCD / LCM at 4 and 8 steps, every seed's paired ratio below 1
 DIGITS_TARGET = 0.85  # at 8 steps
 LORA_TARGET = 1.0  # at 8 steps, 3-seed mean
+LEARNING_RATES = (1e-4, 3e-4, 1e-3)  # the lr sweep of both methods (3e-4 is the main tables')
 S_RULES = (
     ("uniform", 0.2),
     ("uniform+zero", 0.25),
@@ -81,7 +82,7 @@ class Report:
         self.line(f"## {s.name}")
         self.line()
         self.line(
-            f"Teacher: eps-MLP hidden {spec.hidden} x {spec.depth} blocks, {spec.iterations} iterations, "
+            f"Teacher: {spec.describe()}, {spec.iterations} iterations, "
             f"batch {spec.batch} ({origin}); {s.n_eval} samples per evaluation."
         )
         floor = ", ".join(f"{k} {v:.4f}" for k, v in s.floor.items())
@@ -234,6 +235,48 @@ class Report:
             self.line(f"Best TCD student (mean of its 4- and 8-step {s.primary.upper()}): **{best[1]}**.")
         self.line()
 
+    def learning_rate(self, bench: Bench, base: Cell, seeds: list[int]) -> None:
+        """Both methods at each of LEARNING_RATES, then each at its own best: is the win the shared lr's?"""
+        s = bench.setup
+        metric = s.primary
+        self.line(f"### {s.name}: learning rate ({base.label()[5:-1]}), {metric.upper()}")
+        self.line()
+        header = ["lr", *[f"LCM {n}" for n in (4, 8)], *[f"TCD {n}" for n in (4, 8)], "TCD/LCM 4", "TCD/LCM 8"]
+        rows = []
+        best: dict[str, dict[int, tuple[float, float]]] = {"lcm": {}, "tcd": {}}  # method -> steps -> (mean, lr)
+        for lr in LEARNING_RATES:
+            cell = replace(base, lr=lr)
+            ratios = self._ratios(bench, cell, seeds, metric)
+            cols = {}
+            for method in ("lcm", "tcd"):
+                for n in (4, 8):
+                    sampler = "lcm" if method == "lcm" else ratios[n][0]
+                    vals = bench.values(replace(cell, method=method), sampler, n, seeds, metric)
+                    cols[(method, n)] = fmt(vals, 4)
+                    mean = statistics.fmean(vals)
+                    if n not in best[method] or mean < best[method][n][0]:
+                        best[method][n] = (mean, lr)
+            rows.append(
+                [f"{lr:g}", *[cols[k] for k in (("lcm", 4), ("lcm", 8), ("tcd", 4), ("tcd", 8))]]
+                + [f"{ratios[n][2]:.3f}" for n in (4, 8)]
+            )
+        self.table(header, rows)
+        parts = []
+        for n in (4, 8):
+            (t, t_lr), (c, c_lr) = best["tcd"][n], best["lcm"][n]
+            parts.append(f"{n} steps {t / c:.3f} (TCD at lr {t_lr:g}, LCM at lr {c_lr:g})")
+        self.line(f"Each method at its own best lr, TCD / LCM {metric.upper()}: " + "; ".join(parts) + ".")
+        self.line()
+        teacher = statistics.fmean(bench.values(None, "sss0.0", 50, seeds, metric))
+        lcm_best = min(best["lcm"][n][0] for n in (4, 8))
+        self.line(
+            f"Headroom: the teacher's own DDIM-50 is {teacher:.4f}; {RING_TARGET} x LCM's best ({lcm_best:.4f}) is "
+            f"{RING_TARGET * lcm_best:.4f}, so TCD would have to sample "
+            f"{'better' if RING_TARGET * lcm_best < teacher else 'no worse'} than its teacher's DDIM-50 "
+            "to meet that ratio against LCM at its best lr."
+        )
+        self.line()
+
     def ablation_s_rule(self, bench: Bench, base: Cell, seeds: list[int]) -> None:
         s = bench.setup
         self.line(f"### {s.name}: the s rule (TCD, {base.label()[5:-1]}), {s.primary.upper()}")
@@ -267,7 +310,7 @@ class Report:
         from .cost import measure
 
         spec = bench.setup.teacher_spec
-        what = f"{bench.setup.name} teacher, hidden {spec.hidden}, batch 256"
+        what = f"{bench.setup.name} teacher, {spec.describe()}, batch 256"
         self.line(f"### Cost per training iteration (CPU, 1 thread; {what})")
         self.line()
         self.line(

@@ -1,8 +1,9 @@
 """Train (or load from the cache) the benchmark's teachers and the digit classifier.
 
-Teacher: eps-prediction on SD's scaled_linear 1000-step schedule, ``E ||eps - eps_theta(a_t x0 +
-s_t eps, t)||^2`` with t uniform on 0..999 (Ho et al. 2020), AdamW with cosine decay, and an EMA of
-the weights (0.999) as the network kept. Cached under .dev/bench-cache/distill/ by a hash of every
+Teacher: eps-prediction on SD's scaled_linear 1000-step schedule, ``E w(t) ||eps - eps_theta(a_t x0 +
+s_t eps, t)||^2`` with t uniform on 0..999 (Ho et al. 2020; ``w = 1``, or min-SNR-gamma weights
+``min(SNR_t, gamma) / SNR_t`` of Hang et al. 2023), AdamW with cosine decay, and an EMA of the
+weights (0.999) as the network kept. Cached under .dev/bench-cache/distill/ by a hash of every
 setting, so the full benchmark trains each teacher once.
 """
 
@@ -21,7 +22,7 @@ from torch import Tensor
 
 from tcd_core.distill import EMA, add_noise
 
-from .nets import Classifier, EpsMLP
+from .nets import Classifier, EpsConv, EpsMLP
 from .sampling import ALPHAS_CUMPROD
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -38,12 +39,34 @@ class TeacherSpec:
     batch: int
     lr: float
     seed: int = 0
+    arch: str = "mlp"  # "mlp" (EpsMLP, hidden width) | "conv" (EpsConv, hidden = channels)
+    snr_gamma: float = 0.0  # > 0: min-SNR-gamma loss weights min(SNR, gamma) / SNR (Hang et al. 2023); 0: weight 1
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        settings = asdict(self)
+        for name, default in (("arch", "mlp"), ("snr_gamma", 0.0)):  # the keys of the teachers from before them
+            if settings[name] == default:
+                del settings[name]
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
-    def build(self) -> EpsMLP:
+    def describe(self) -> str:
+        if self.arch == "conv":
+            net = f"eps-conv net {self.hidden} channels x {self.depth} residual blocks"
+        else:
+            net = f"eps-MLP hidden {self.hidden} x {self.depth} blocks"
+        return net + (f", min-SNR-{self.snr_gamma:g} loss weights" if self.snr_gamma > 0 else "")
+
+    def build(self) -> torch.nn.Module:
+        if self.arch == "conv":
+            return EpsConv(self.dim, self.hidden, self.depth)
         return EpsMLP(self.dim, self.hidden, self.depth)
+
+
+def min_snr_weights(t: Tensor, gamma: float) -> Tensor:
+    """min(SNR_t, gamma) / SNR_t for eps-prediction (Hang et al. 2023), SNR_t = abar_t / (1 - abar_t):
+    1 where the noise dominates, down to gamma / SNR_t at low noise, where a small teacher memorises."""
+    snr = ALPHAS_CUMPROD[t] / (1 - ALPHAS_CUMPROD[t])
+    return (snr.clamp(max=gamma) / snr).float()
 
 
 def _cached(path: Path, build: Callable[[], torch.nn.Module], train: Callable[[torch.nn.Module], None]):
@@ -59,7 +82,7 @@ def _cached(path: Path, build: Callable[[], torch.nn.Module], train: Callable[[t
 
 def train_teacher(
     spec: TeacherSpec, draw_batch: Callable[[int, torch.Generator], Tensor], cache: bool = True
-) -> tuple[EpsMLP, bool]:
+) -> tuple[torch.nn.Module, bool]:
     """The teacher for ``spec``: (network, loaded_from_cache). ``draw_batch(n, generator)`` gives clean data."""
 
     def train(model: torch.nn.Module) -> None:
@@ -73,7 +96,10 @@ def train_teacher(
             x0 = draw_batch(spec.batch, gen)
             noise = torch.randn(x0.shape, generator=gen)
             t = torch.randint(0, 1000, (spec.batch,), generator=gen)
-            loss = (model(add_noise(ALPHAS_CUMPROD, x0, noise, t), t) - noise).pow(2).mean()
+            per_sample = (model(add_noise(ALPHAS_CUMPROD, x0, noise, t), t) - noise).pow(2).mean(dim=1)
+            if spec.snr_gamma > 0:
+                per_sample = per_sample * min_snr_weights(t, spec.snr_gamma)
+            loss = per_sample.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
