@@ -94,46 +94,51 @@ class EpsConv(nn.Module):
         return self.out(nn.functional.silu(self.norm(h))).reshape(x.shape)
 
 
-class LoRALinear(nn.Module):
-    """A frozen nn.Linear plus a trainable rank-r update ``(alpha / r) B A``; B starts at zero."""
+class LoRAAdapter(nn.Module):
+    """A frozen base layer plus a trainable low-rank update scaled by ``alpha / r``, switchable off."""
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float | None = None) -> None:
+    def __init__(self, base: nn.Module, rank: int, alpha: float | None) -> None:
         super().__init__()
         self.base = base
         for p in self.base.parameters():
             p.requires_grad_(False)
         self.scale = (alpha if alpha is not None else rank) / rank
-        self.lora_a = nn.Parameter(torch.randn(rank, base.in_features) / math.sqrt(base.in_features))
-        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank))
         self.enabled = True
+
+    def update(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.base(x)
         if self.enabled:
-            out = out + self.scale * (x @ self.lora_a.T) @ self.lora_b.T
+            out = out + self.scale * self.update(x)
         return out
 
 
-class LoRAConv2d(nn.Module):
-    """A frozen nn.Conv2d plus a trainable rank-r update (LoCon form): a conv of the base's kernel,
-    stride and padding down to r channels, then a 1x1 conv up, scaled by ``alpha / r``; up starts at zero."""
+class LoRALinear(LoRAAdapter):
+    """A frozen nn.Linear plus ``(alpha / r) B A x``; B starts at zero."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float | None = None) -> None:
+        super().__init__(base, rank, alpha)
+        self.lora_a = nn.Parameter(torch.randn(rank, base.in_features) / math.sqrt(base.in_features))
+        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank))
+
+    def update(self, x: Tensor) -> Tensor:
+        return (x @ self.lora_a.T) @ self.lora_b.T
+
+
+class LoRAConv2d(LoRAAdapter):
+    """A frozen nn.Conv2d plus a rank-r update in LoCon form: a conv of the base's kernel, stride and
+    padding down to r channels, then a 1x1 conv up (starting at zero)."""
 
     def __init__(self, base: nn.Conv2d, rank: int, alpha: float | None = None) -> None:
-        super().__init__()
-        self.base = base
-        for p in self.base.parameters():
-            p.requires_grad_(False)
-        self.scale = (alpha if alpha is not None else rank) / rank
+        super().__init__(base, rank, alpha)
         self.lora_a = nn.Conv2d(base.in_channels, rank, base.kernel_size, base.stride, base.padding, bias=False)
         self.lora_b = nn.Conv2d(rank, base.out_channels, 1, bias=False)
         nn.init.zeros_(self.lora_b.weight)
-        self.enabled = True
 
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.base(x)
-        if self.enabled:
-            out = out + self.scale * self.lora_b(self.lora_a(x))
-        return out
+    def update(self, x: Tensor) -> Tensor:
+        return self.lora_b(self.lora_a(x))
 
 
 def add_lora(model: nn.Module, rank: int, generator_seed: int) -> list[nn.Parameter]:
@@ -153,7 +158,7 @@ def add_lora(model: nn.Module, rank: int, generator_seed: int) -> list[nn.Parame
 @contextlib.contextmanager
 def adapters_off(model: nn.Module) -> Iterator[None]:
     """The base network (the teacher of a LoRA student): every LoRA adapter switched off inside the block."""
-    layers = [m for m in model.modules() if isinstance(m, (LoRALinear, LoRAConv2d))]
+    layers = [m for m in model.modules() if isinstance(m, LoRAAdapter)]
     for layer in layers:
         layer.enabled = False
     try:
