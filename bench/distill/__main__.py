@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
             parts.append(("lora", report.lora, ablation_seeds))
         if case == "ring" and "ablation" not in skip:
             parts.append(("ablation", report.ablation_target_loss, ablation_seeds))
-        if case == "ring" and "lr" not in skip:
+        if "lr" not in skip:
             parts.append(("lr", report.learning_rate, ablation_seeds))
         if case == "ring" and "srule" not in skip:
             parts.append(("srule", report.ablation_s_rule, ablation_seeds))
