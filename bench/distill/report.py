@@ -34,6 +34,7 @@ class Report:
         self.iterations = iterations
         self.lines: list[str] = []
         self.verdicts: list[str] = []
+        self.judging = True  # False while a case whose teacher failed the precondition is reported
 
     # ---- output -----------------------------------------------------------------------------
 
@@ -59,7 +60,10 @@ class Report:
         print(text, file=sys.stderr, flush=True)
 
     def verdict(self, text: str, met: bool) -> None:
-        entry = f"- {text}: **{'met' if met else 'NOT met'}**"
+        if not self.judging:
+            entry = f"- {text}: not judged (the teacher failed the precondition)"
+        else:
+            entry = f"- {text}: **{'met' if met else 'NOT met'}**"
         self.verdicts.append(entry)
         self.line(entry)
 

@@ -143,10 +143,12 @@ class Bench:
 
     # ---- derived quantities -------------------------------------------------------------------
 
-    def precondition(self) -> dict[str, float]:
-        """Teacher DDIM-50 against the data-vs-data floor, in every metric (ratio <= 1.5 required)."""
-        teacher = self.score(None, "sss0.0", 50, 0)
-        return {m: teacher[m] / self.setup.floor[m] for m in ("swd", "fd") if m in self.setup.floor}
+    def precondition(self, seeds: tuple[int, ...] = (0,)) -> dict[str, float]:
+        """Teacher DDIM-50 against the data-vs-data floor, in every metric (ratio <= 1.5 required),
+        averaged over the evaluation seeds: a 540-sample FD varies by 2x from one noise draw to the next."""
+        scores = [self.score(None, "sss0.0", 50, seed) for seed in seeds]
+        metrics = [m for m in ("swd", "fd") if m in self.setup.floor]
+        return {m: statistics.fmean(sc[m] for sc in scores) / self.setup.floor[m] for m in metrics}
 
     def values(self, cell: Cell | None, sampler: str, steps: int, seeds: list[int], metric: str) -> list[float]:
         return [self.score(None if cell is None else replace(cell, seed=s), sampler, steps, s)[metric] for s in seeds]
