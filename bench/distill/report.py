@@ -94,7 +94,8 @@ class Report:
         if s.classifier_accuracy is not None:
             self.line(f"Feature classifier: held-out accuracy {s.classifier_accuracy:.3f}.")
         t50 = bench.score(None, "sss0.0", 50, 0)
-        self.line("Teacher DDIM-50: " + ", ".join(f"{k} {v:.4f}" for k, v in t50.items()) + ".")
+        values = ", ".join(f"{k} {v:.4f}" for k, v in t50.items())
+        self.line(f"Teacher DDIM-50, seed 0 (the precondition below takes the seed mean): {values}.")
         self.line()
 
     def _samplers(self) -> list[tuple[str, str, str]]:
