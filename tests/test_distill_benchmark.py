@@ -16,7 +16,7 @@ from bench.distill.metrics import mode_coverage, sliced_wasserstein
 from bench.distill.nets import EpsConv, LoRAConv2d, adapters_off, add_lora
 from bench.distill.report import Report
 from bench.distill.run import Bench, Cell
-from bench.distill.setups import ring_setup
+from bench.distill.setups import iid_class_subsets, ring_setup
 from bench.distill.teacher import TeacherSpec, min_snr_weights
 
 
@@ -114,3 +114,17 @@ def test_min_snr_weights_leave_the_noisy_steps_and_damp_the_clean_ones() -> None
     assert w[-1] == 1.0 and w[-2] == 1.0
     assert torch.isclose(w[0], torch.tensor(0.00085 / (1 - 0.00085)), rtol=1e-4)
     assert bool((w[1:] >= w[:-1]).all())
+
+
+def test_digits_floor_draws_class_counts_as_an_iid_sample_does() -> None:
+    """The digits floor's subsets of a stratified split: no index twice, the asked size, and class counts
+    that vary from draw to draw with the multinomial's variance n p (1 - p), not the stratified split's 0."""
+    labels = torch.arange(10).repeat_interleave(54)  # a stratified held-out split: 54 of each digit
+    shares = torch.full((10,), 0.1, dtype=torch.float64)
+    subsets = iid_class_subsets(labels, shares, 400, 300, torch.Generator().manual_seed(0))
+    assert all(len(ix) == 400 and len(set(ix.tolist())) == 400 for ix in subsets)
+    counts = torch.stack([torch.bincount(labels[ix], minlength=10) for ix in subsets]).double()
+    assert bool((counts <= 54).all())
+    variance = counts.var(dim=0).mean().item()
+    # 400 * 0.1 * 0.9 = 36, a little less since a draw asking a class for more than 54 is redrawn
+    assert 0.8 * 36.0 < variance < 1.1 * 36.0, variance
