@@ -41,7 +41,7 @@ class Cell:
     seed: int = 0
     iterations: int = 2000
     batch: int = 256
-    lr: float = 3e-4
+    lr: float = 1e-4  # the node's default (nodes/distill_training.TrainSettings.learning_rate)
 
     def config(self) -> DistillConfig:
         """Unguided distillation (Algorithm 1): the toy teachers are unconditional."""
