@@ -46,7 +46,7 @@ def test_weak_teacher_is_refused(tmp_path) -> None:
     assert ratio > PRECONDITION
     message = check_teacher(bench, Report(tmp_path, [0], 0))
     assert message is not None and "too weak" in message and f"{ratio:.2f}x" in message
-    # over several seeds the verdict takes the mean of the seeds' distances (one 540-sample FD is too noisy)
+    # over several seeds the verdict takes the mean of the seeds' distances (one draw's distance is noisy)
     both = bench.precondition((0, 1))["swd"]
     assert abs(both - (ratio + bench.precondition((1,))["swd"]) / 2) < 1e-12
 
