@@ -211,7 +211,8 @@ class Report:
 
     def ablation_target_loss(self, bench: Bench, base: Cell, seeds: list[int]) -> None:
         s = bench.setup
-        self.line(f"### {s.name}: target rule x loss (full fine-tuning, s uniform), {s.primary.upper()}")
+        settings = f"full fine-tuning, s uniform, lr {base.lr:g}"
+        self.line(f"### {s.name}: target rule x loss ({settings}), {s.primary.upper()}")
         self.line()
         header = ["target, loss", "LCM 4 / 8 steps", "TCD (best gamma) 4 / 8 steps", *[f"TCD/LCM {n}" for n in STEPS]]
         rows = []
@@ -291,7 +292,7 @@ class Report:
 
     def ablation_s_rule(self, bench: Bench, base: Cell, seeds: list[int]) -> None:
         s = bench.setup
-        self.line(f"### {s.name}: the s rule (TCD, {base.label()[5:-1]}), {s.primary.upper()}")
+        self.line(f"### {s.name}: the s rule (TCD, {base.label()[5:-1]}, lr {base.lr:g}), {s.primary.upper()}")
         self.line()
         header = ["s rule", *[f"TCD {n}" for n in STEPS], *[f"TCD/LCM {n}" for n in STEPS]]
         rows = []
