@@ -137,8 +137,7 @@ class Report:
 
     def main_table(self, bench: Bench, base: Cell, seeds: list[int]) -> None:
         s = bench.setup
-        settings = base.label().replace("TCD (", "(").replace(")", f", lr {base.lr:g})")
-        self.line(f"### {s.name}: {settings}, {len(seeds)} seeds (mean ± std)")
+        self.line(f"### {s.name}: ({base.settings()}, lr {base.lr:g}), {len(seeds)} seeds (mean ± std)")
         self.line()
         metrics = [s.primary] + [m for m in ("swd",) if m != s.primary]
         for metric in metrics:
@@ -246,7 +245,7 @@ class Report:
         """Both methods at each of LEARNING_RATES, then each at its own best: is the win the shared lr's?"""
         s = bench.setup
         metric = s.primary
-        self.line(f"### {s.name}: learning rate ({base.label()[5:-1]}), {metric.upper()}")
+        self.line(f"### {s.name}: learning rate ({base.settings()}), {metric.upper()}")
         self.line()
         header = ["lr", *[f"LCM {n}" for n in (4, 8)], *[f"TCD {n}" for n in (4, 8)], "TCD/LCM 4", "TCD/LCM 8"]
         rows = []
@@ -292,7 +291,7 @@ class Report:
 
     def ablation_s_rule(self, bench: Bench, base: Cell, seeds: list[int]) -> None:
         s = bench.setup
-        self.line(f"### {s.name}: the s rule (TCD, {base.label()[5:-1]}, lr {base.lr:g}), {s.primary.upper()}")
+        self.line(f"### {s.name}: the s rule (TCD, {base.settings()}, lr {base.lr:g}), {s.primary.upper()}")
         self.line()
         header = ["s rule", *[f"TCD {n}" for n in STEPS], *[f"TCD/LCM {n}" for n in STEPS]]
         rows = []

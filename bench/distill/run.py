@@ -59,13 +59,17 @@ class Cell:
     def train_spec(self) -> TrainSpec:
         return TrainSpec(self.iterations, self.batch, self.lr, self.lora_rank, self.seed)
 
-    def label(self) -> str:
+    def settings(self) -> str:
+        """Target rule, loss, s rule and weights, e.g. "EMA 0.95, l2, uniform, full" (the report's headings)."""
         target = f"EMA {self.ema_decay}" if self.ema_decay else "stop-grad"
         rule = self.s_rule if self.method == "tcd" else "s=0"
         if self.method == "tcd" and self.s_rule != "uniform":
             rule += f" {self.s_zero_share}"
         weights = f"LoRA r{self.lora_rank}" if self.lora_rank else "full"
-        return f"{self.method.upper()} ({target}, {self.loss}, {rule}, {weights})"
+        return f"{target}, {self.loss}, {rule}, {weights}"
+
+    def label(self) -> str:
+        return f"{self.method.upper()} ({self.settings()})"
 
 
 class MissingCell(LookupError):
@@ -147,7 +151,7 @@ class Bench:
 
     def precondition(self, seeds: tuple[int, ...] = (0,)) -> dict[str, float]:
         """Teacher DDIM-50 against the data-vs-data floor, in every metric (ratio <= 1.5 required),
-        averaged over the evaluation seeds (one draw's distance is noisy: digits' class counts alone move it by 30%)."""
+        averaged over the evaluation seeds (one draw's distance is noisy: a 400-sample digits FD spreads by a third)."""
         scores = [self.score(None, "sss0.0", 50, seed) for seed in seeds]
         metrics = [m for m in ("swd", "fd") if m in self.setup.floor]
         return {m: statistics.fmean(sc[m] for sc in scores) / self.setup.floor[m] for m in metrics}

@@ -15,6 +15,11 @@ from .teacher import TeacherSpec, train_classifier, train_teacher
 Metrics = dict[str, float]
 
 
+def mean_metrics(scores: list[Metrics]) -> Metrics:
+    """Each metric's mean over ``scores`` (scores of several draws or chunks)."""
+    return {key: sum(sc[key] for sc in scores) / len(scores) for key in scores[0]}
+
+
 @dataclass
 class Setup:
     """One case: a teacher, a batch source for training, and ``score(samples) -> metrics``."""
@@ -64,7 +69,7 @@ def ring_setup(n_eval: int = 4000, teacher_spec: TeacherSpec = RING_TEACHER, flo
         return {"swd": sliced_wasserstein(x, reference), "modes": covered, "in_3std": near}
 
     draws = [score(sample_ring(n_eval, gen)) for _ in range(floor_draws)]
-    floor = {key: sum(d[key] for d in draws) / floor_draws for key in draws[0]}
+    floor = mean_metrics(draws)
     return Setup("ring", 2, "swd", teacher_spec, sample_ring, n_eval, score, floor)
 
 
@@ -117,12 +122,8 @@ def digits_setup(chunks: int = 12, teacher_spec: TeacherSpec = DIGITS_TEACHER, f
             "swd": sliced_wasserstein(x, digits.train),
         }
 
-    def mean_score(parts: list[Tensor]) -> Metrics:
-        scores = [score_one(part) for part in parts]
-        return {key: sum(sc[key] for sc in scores) / len(scores) for key in scores[0]}
-
     def score(x: Tensor) -> Metrics:
-        return mean_score(list(x.split(DIGITS_CHUNK)))
+        return mean_metrics([score_one(part) for part in x.split(DIGITS_CHUNK)])
 
     def draw(n: int, gen: torch.Generator) -> Tensor:
         return digits.train[torch.randint(0, len(digits.train), (n,), generator=gen)]
@@ -131,7 +132,7 @@ def digits_setup(chunks: int = 12, teacher_spec: TeacherSpec = DIGITS_TEACHER, f
     shares = torch.bincount(digits.train_labels, minlength=10).double() / len(digits.train_labels)
     gen = torch.Generator().manual_seed(20261203)
     subsets = iid_class_subsets(digits.test_labels, shares, DIGITS_CHUNK, floor_draws, gen)
-    floor = mean_score([digits.test[ix] for ix in subsets])
+    floor = mean_metrics([score_one(digits.test[ix]) for ix in subsets])
     return Setup(
         "digits",
         64,
