@@ -6,8 +6,8 @@ The digest is the SHA-256 of every saved tensor's bytes, keys sorted. Bit-identi
 arithmetic: the recording's CPU kernels (``torch.backends.cpu.get_cpu_capability()``, torch's version)
 and one thread. On another CPU capability or torch version the kernels may sum in another order, so the
 test then compares a fingerprint instead (per tensor: its norm and two fixed random projections, stored
-beside the digests) to 1e-5 of the tensor's norm, and says so. ``TCD_RECORD_DIGESTS=1 dev/test tests/test_distill_reproducible.py``
-writes the fixture anew.
+beside the digests) to 1e-5 of the tensor's norm, and says so.
+``TCD_RECORD_DIGESTS=1 dev/test tests/test_distill_reproducible.py`` writes the fixture anew.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_distill_node import DISTILL_WIDGETS, conditioning, latents, tiny_model
+from test_distill_trainer import checkpoint as checkpoint  # noqa: F401 - the module fixture
+from test_distill_trainer import one_thread, train_here, trainer_args
+from test_distill_trainer import shards as shards  # noqa: F401 - the module fixture
 
 from devkit.inprocess import load_comfy
 from devkit.model_files import default_models_dir
-from test_distill_node import DISTILL_WIDGETS, conditioning, latents, tiny_model
-from test_distill_trainer import one_thread, train_here, trainer_args
-from test_distill_trainer import checkpoint as checkpoint  # noqa: F401 - the module fixture
-from test_distill_trainer import shards as shards  # noqa: F401 - the module fixture
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DIGESTS = FIXTURES / "distill_lora_digests.json"
@@ -40,8 +40,10 @@ NODE_CASES: dict[str, dict[str, Any]] = {
 }
 TRAINER_CASES: dict[str, tuple[int, list[str]]] = {
     "adamw-ema": (2, []),
-    "sgd-accumulate-3-lcm": (1, ["--optimizer", "SGD", "--learning_rate", "0.2", "--gradient_accumulation_steps",
-                                 "3", "--method", "lcm"]),  # fmt: skip
+    "sgd-accumulate-3-lcm": (
+        1,
+        ["--optimizer", "SGD", "--learning_rate", "0.2", "--gradient_accumulation_steps", "3", "--method", "lcm"],
+    ),  # fmt: skip
 }
 
 
@@ -83,7 +85,7 @@ def check(name: str, lora: dict[str, torch.Tensor]) -> None:
         return
     expected, got = recorded["fingerprints"][name], fingerprint(lora)
     assert expected.keys() == got.keys()
-    worst = max(abs(a - b) / max(e[0], 1e-12) for key, e in expected.items() for a, b in zip(e, got[key]))
+    worst = max(abs(a - b) / max(e[0], 1e-12) for key, e in expected.items() for a, b in zip(e, got[key], strict=True))
     print(f"{name}: other CPU kernels than recorded ({arithmetic()}); worst fingerprint difference {worst:.3g}")
     assert worst < 1e-5
 
