@@ -35,7 +35,7 @@ def sampler_runs(pack: Any, shape: tuple[int, ...], steps: int) -> tuple[dict, d
     """Closures running each sampler once over `steps` TCD sigmas, and their stand-in models."""
     from comfy.k_diffusion import sampling as k
 
-    adapter = pack.nodes.comfy_adapter
+    adapter = pack.tcd_comfy.sampling
     tcd_core = pack.tcd_core
     model_sampling = discrete_model_sampling()
     sigmas = adapter.tcd_sigmas(model_sampling, steps)

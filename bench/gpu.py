@@ -62,7 +62,7 @@ def main() -> int:
     import comfy.sample
     import comfy.samplers
 
-    adapter = pack.nodes.comfy_adapter
+    adapter = pack.tcd_comfy.sampling
     gamma = pack.tcd_core.DEFAULT_GAMMA
     device = torch.device("cpu" if cpu else "cuda")
     unet_config = build_test_models.SD15_UNET_CONFIG if args.dry_run else build_test_models.SDXL_UNET_CONFIG

@@ -20,7 +20,7 @@ from devkit.comfy_import import import_comfyui, import_pack_sampling
 
 def import_comfy_and_pack(cpu: bool) -> ModuleType:
     """Import ComfyUI on the chosen device and this pack's sampling code (``pack.tcd_core``,
-    ``pack.nodes.comfy_adapter``); enough for a bare GPU machine with ComfyUI's sampling path."""
+    ``pack.tcd_comfy.sampling``); enough for a bare GPU machine with ComfyUI's sampling path."""
     import_comfyui(cpu=cpu)
     return import_pack_sampling()
 

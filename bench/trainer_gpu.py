@@ -114,9 +114,16 @@ class MemoryPoll:
 
 def ours(model: Path, shards: str, out: Path, size: dict, method: str, checkpointing: bool, steps: int,
          processes: int, cpu: bool) -> list[str]:  # fmt: skip
-    launcher = [sys.executable, "-m", "tcd_train"]
+    launcher = [sys.executable, "-m", "comfyui_tcd_sampling.tcd_train"]
     if processes > 1:
-        launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", "-m", "tcd_train"]
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={processes}",
+            "-m",
+            "comfyui_tcd_sampling.tcd_train",
+        ]
     return [
         *launcher, "--pretrained_model", str(model), "--train_shards_path_or_url", shards,
         "--resolution", str(size["resolution"]), "--train_batch_size", str(size["batch"]),
@@ -176,11 +183,12 @@ def lora_allreduce_volume(rank: int = 64, processes: int = 8) -> dict:
     from devkit.comfy_import import import_comfyui
 
     import_comfyui(cpu=True)
+    from comfyui_tcd_sampling.tcd_comfy.lora_adapters import lora_targets
+
     from devkit.sdxl_test_model import sd15_meta_model
-    from tcd_train.pack import pack_module
 
     patcher, _ = sd15_meta_model()
-    targets = pack_module("nodes.distill_training").lora_targets(patcher.model)
+    targets = lora_targets(patcher.model)
     per_rank = sum(m.weight.shape[0] + m.weight.shape[1:].numel() for _, m in targets)
     params = rank * per_rank
     grad_bytes = 4 * params

@@ -5,21 +5,19 @@ installed package: its modules (``comfy``, ``nodes``, ``folder_paths``, ``utils`
 top-level names in its source tree, and some of them are ordinary words. This repository has a
 ``nodes`` package of its own and the test runner puts the repository root on ``sys.path``, so ComfyUI's
 folder must come first for ``import nodes`` to mean ComfyUI's ``nodes.py`` (as it does in a real
-install, where ComfyUI runs from its own folder).
+install, where ComfyUI runs from its own folder). The pack itself is imported as ``comfyui_tcd_sampling``
+(devkit.pack_import).
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.machinery
-import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
 
-from devkit.host import REPO_ROOT, comfyui_path
-
-SAMPLING_PACKAGE = "tcd_pack"
+from devkit.host import comfyui_path
+from devkit.pack_import import PACKAGE, make_importable
 
 
 def import_comfyui(cpu: bool = True) -> Path:
@@ -39,26 +37,15 @@ def import_comfyui(cpu: bool = True) -> Path:
 
 
 def import_pack_sampling() -> ModuleType:
-    """This pack's ``tcd_core`` and ``nodes.comfy_adapter``, as the package ``tcd_pack``.
+    """This pack (``comfyui_tcd_sampling``) with its ``tcd_core`` and ``tcd_comfy.sampling`` imported.
 
-    For the benchmarks, which time the adapter that the nodes use on a machine that may have only
-    ComfyUI's sampling path (no ``comfy_api``, no server): the pack's own ``__init__`` (which registers
-    the nodes with ComfyUI) does not run. ``tcd_pack`` is a namespace package whose one search location
-    is this repository, so the normal import system finds the submodules and their relative imports.
-    Call ``import_comfyui`` first. Tests and ``dev/`` load the whole pack through ComfyUI's own loader
-    instead (devkit.inprocess, devkit.host).
+    For the benchmarks, which time the sampling code the nodes use on a machine that may have only
+    ComfyUI's sampling path (no ``comfy_api``, no server): the pack's ``nodes`` package is not imported,
+    and the pack's own ``__init__`` only defines its entry point. Call ``import_comfyui`` first. Tests and
+    ``dev/`` load the whole pack through ComfyUI's own loader instead (devkit.inprocess, devkit.host).
     """
-    spec = importlib.machinery.ModuleSpec(SAMPLING_PACKAGE, None, is_package=True)
-    spec.submodule_search_locations = [str(REPO_ROOT)]
-    package = sys.modules.setdefault(SAMPLING_PACKAGE, importlib.util.module_from_spec(spec))
-    package.nodes = sys.modules.setdefault(f"{SAMPLING_PACKAGE}.nodes", _namespace(f"{SAMPLING_PACKAGE}.nodes"))
-    importlib.import_module(f"{SAMPLING_PACKAGE}.tcd_core")
-    importlib.import_module(f"{SAMPLING_PACKAGE}.nodes.comfy_adapter")
+    make_importable()
+    package = importlib.import_module(PACKAGE)
+    importlib.import_module(f"{PACKAGE}.tcd_core")
+    importlib.import_module(f"{PACKAGE}.tcd_comfy.sampling")
     return package
-
-
-def _namespace(name: str) -> ModuleType:
-    """The pack's ``nodes`` folder as a package whose ``__init__`` (the node classes) is not run."""
-    spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
-    spec.submodule_search_locations = [str(REPO_ROOT / "nodes")]
-    return importlib.util.module_from_spec(spec)

@@ -10,10 +10,9 @@ import itertools
 from dataclasses import dataclass
 
 import torch
+from comfyui_tcd_sampling import tcd_core
 from diffusers import TCDScheduler
 from torch import Tensor
-
-import tcd_core
 
 SHAPE = (2, 4, 8, 8)
 

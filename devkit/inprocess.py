@@ -30,6 +30,11 @@ class Comfy:
     def node(self, node_id: str) -> Any:
         return self.node_classes[node_id]
 
+    @property
+    def pack(self) -> ModuleType:
+        """This pack's root package, as ComfyUI imported it (its ``tcd_core``, ``tcd_comfy``, ...)."""
+        return sys.modules[self.pack_nodes.__name__.rsplit(".", 1)[0]]
+
 
 def loaded_comfy() -> Comfy | None:
     """The ComfyUI that an earlier load_comfy put into this process, or None."""

@@ -5,7 +5,8 @@ Run from the repo root with dev/test's python: `.dev/venv/bin/python -m devkit.p
 
 from collections import defaultdict
 
-import tcd_core
+from comfyui_tcd_sampling import tcd_core
+
 from devkit.diffusers_reference import SAMPLING_GRID, reference_run, relative_error, tcd_core_run
 
 worst: dict[tuple[str, float], float] = defaultdict(float)

@@ -18,7 +18,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import tcd_core
+from comfyui_tcd_sampling import tcd_core
+
 from devkit.host import REPO_ROOT, ComfyServer, comfyui_path
 from devkit.model_files import default_models_dir, ensure_test_models
 from workflow_tools import merged_object_info, to_api

@@ -7,7 +7,7 @@ import logging
 import comfy.samplers
 from comfy.k_diffusion import sampling as k_diffusion_sampling
 
-from .comfy_adapter import ksampler_tcd_sampler, ksampler_tcd_scheduler
+from ..tcd_comfy.sampling import ksampler_tcd_sampler, ksampler_tcd_scheduler
 
 log = logging.getLogger("comfyui-tcd-sampling")
 

@@ -7,7 +7,7 @@ import inspect
 import folder_paths
 from comfy_api.latest import io
 
-from .lora_stack import NONE, apply_lora, unlisted_lora_message
+from ..tcd_comfy.lora_stack import NONE, apply_lora, unlisted_lora_message
 
 STYLE_SLOTS = 3
 LORA_NAME_INPUTS = ("tcd_lora", *(f"style_lora_{i}" for i in range(1, STYLE_SLOTS + 1)))

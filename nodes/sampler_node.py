@@ -6,7 +6,7 @@ import comfy.samplers
 from comfy_api.latest import io
 
 from .. import tcd_core
-from .comfy_adapter import UnitStartNoiseKSAMPLER, ksampler_tcd_sampler
+from ..tcd_comfy.sampling import UnitStartNoiseKSAMPLER, ksampler_tcd_sampler
 
 Kind = tcd_core.GammaScheduleKind
 

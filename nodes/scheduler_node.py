@@ -5,7 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from .. import tcd_core
-from .comfy_adapter import tcd_sigmas, train_timesteps
+from ..tcd_comfy.sampling import tcd_sigmas, train_timesteps
 
 
 class TCDScheduler(io.ComfyNode):

@@ -21,7 +21,6 @@ See docs/distill.md for the choices (the ``s`` rules in particular).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import torch
 from torch import Tensor
 
 from .errors import TCDInputError
+from .settings import Setting, check_fields, setting, setting_of
 
 __all__ = [
     "DISTILL_LOSSES",
@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 ModelFn = Callable[[Tensor, Tensor, Any], Tensor]
-"""``(x_t [B, ...], t int64 [B], cond) -> raw network output`` (eps or v, as ``DistillConfig.prediction``)."""
+"""``(x_t [B, ...], t int64 [B], cond) -> raw network output`` (eps or v, as ``DistillConfig.prediction_type``)."""
 
 DISTILL_METHODS = ("tcd", "lcm")
 DISTILL_PREDICTIONS = ("eps", "v")
@@ -67,50 +67,101 @@ S_RULES = ("uniform", "uniform+zero", "uniform+zero-ramp")
 
 
 def _require_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
-    if not isinstance(value, str) or value not in allowed:
-        raise TCDInputError(f"{name} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
-
-
-def _require_int(name: str, value: object, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise TCDInputError(f"{name} must be a whole number in {low}..{high}, got {value!r}")
-
-
-def _require_float(name: str, value: object, low: float, high: float, *, high_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and low <= value and (value < high if high_open else value <= high)
-    if not ok:
-        upper = f"{high})" if high_open else f"{high}]"
-        raise TCDInputError(f"{name} must be a number in [{low}, {upper}, got {value!r}")
+    reason = Setting("", kind=str, choices=allowed).refusal(value)
+    if reason is not None:
+        raise TCDInputError.of(name, reason)
 
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """The settings of one distillation run; ``validate`` refuses bad values, naming the field.
+    """The settings of one distillation run, each with its bounds and tooltip (``tcd_core.settings``);
+    a value outside them is refused on construction, naming the field.
 
     Defaults follow diffusers' LCM-LoRA scripts (``examples/consistency_distillation/
     train_lcm_distill_lora_sdxl.py``; the SD ``_wds`` one uses guidance 5..15): 50 DDIM timesteps,
     guidance 3..15 (LCM's ``w``, one less than the usual CFG scale), timestep scaling 10 and
     ``sigma_data = 0.5`` for the LCM boundary condition, L2 distance (the scripts' ``--loss_type``
     default). The target is an EMA of the trained weights with decay 0.95 (the LCM paper's; the LoRA
-    scripts use stop-grad, ``ema_decay=0``): of the four target x loss pairs in the pack's
-    distillation benchmark (BENCHMARKS.md), EMA 0.95 with L2 gave the best TCD students, full and
-    LoRA. ``loss="huber"`` with ``c = 0.001`` is the pseudo-Huber that LCM-LoRA's commands pass.
+    scripts use stop-grad, ``ema_decay=0``). ``loss="huber"`` with ``c = 0.001`` is the pseudo-Huber that
+    LCM-LoRA's commands pass. Fields are in the node's input order.
     """
 
-    method: str = "tcd"  # "tcd" (TCF(1), s drawn by s_rule) | "lcm" (s = 0, c_skip/c_out)
-    prediction: str = "eps"  # "eps" | "v": what the network outputs
-    num_ddim_timesteps: int = 50  # N: grid tau_i = (i + 1) k - 1, k = num_train_timesteps // N
-    num_train_timesteps: int = 1000
-    guidance_min: float = 3.0
-    guidance_max: float = 15.0  # both 0 -> unguided teacher (Algorithm 1), no uncond forward
-    loss: str = "l2"  # "l2" | "huber" (sqrt((a-b)^2 + c^2) - c, elementwise; LCM-LoRA's commands)
-    huber_c: float = 0.001
-    s_rule: str = "uniform"  # one of S_RULES
-    s_zero_share: float = 0.2  # rules "uniform+zero" / "uniform+zero-ramp": share of s = 0
-    ema_decay: float = 0.95  # EMA of the trained weights as the target; 0 = stop-grad (student under no_grad)
-    timestep_scaling: float = 10.0  # LCM boundary condition
-    sigma_data: float = 0.5  # LCM boundary condition
+    guidance_min: float = setting(
+        3.0,
+        "Lowest guidance scale w of the teacher, drawn per sample in [guidance_min, guidance_max] (LCM's form: "
+        "w is the CFG scale minus 1; 3..15 as the LCM-LoRA script). 0..0 trains an unguided teacher.",
+        low=0.0, high=100.0, step=0.1, flag="--w_min",
+    )  # fmt: skip
+    guidance_max: float = setting(
+        15.0, "Highest guidance scale w of the teacher; at least guidance_min.",
+        low=0.0, high=100.0, step=0.1, flag="--w_max",
+    )  # fmt: skip
+    num_ddim_timesteps: int = setting(
+        50,
+        "Points of the skipping-step grid: the teacher jumps k = 1000 / N timesteps per step (50 as LCM and TCD; "
+        "TCD samples on the same 50-point grid).",
+        low=1, high=1000,
+    )  # fmt: skip
+    ema_decay: float = setting(
+        0.95,
+        "The target network: 0 = the student itself without gradient (stop-grad, as LCM-LoRA); above 0 = an "
+        "exponential moving average of the LoRA with this decay (e.g. 0.95).",
+        low=0.0, high=0.9999, step=0.0001,
+    )  # fmt: skip
+    loss: str = setting(
+        "l2",
+        "The distance d of Eq. 29: l2 = mean squared error (diffusers' --loss_type default), huber = pseudo-Huber "
+        "sqrt(diff^2 + c^2) - c (as LCM-LoRA was trained).",
+        choices=DISTILL_LOSSES, flag="--loss_type",
+    )  # fmt: skip
+    huber_c: float = setting(
+        0.001, "The pseudo-Huber constant c (0.001 as LCM's script); unused with l2.",
+        low=1e-6, high=10.0, step=0.0001,
+    )  # fmt: skip
+    s_rule: str = setting(
+        "uniform",
+        "How the target time s in [0, t_n] is drawn: uniform = uniform on the grid (the paper's rule); "
+        "uniform+zero = s = 0 with probability s_zero_share, else uniform; uniform+zero-ramp = that share growing "
+        "with t (trains the 1-2-step jumps to 0).",
+        choices=S_RULES,
+    )  # fmt: skip
+    s_zero_share: float = setting(
+        0.2, "Share of s = 0 draws for the uniform+zero rules; unused with uniform.", low=0.0, high=1.0, step=0.01
+    )
+    method: str = setting(
+        "tcd",
+        "tcd: the trajectory consistency function TCF(1) (sample with the TCD Sampler). lcm: latent consistency "
+        "distillation (s = 0 with LCM's boundary scalings), an LCM-LoRA.",
+        choices=DISTILL_METHODS,
+    )
+    prediction_type: str = setting(
+        "eps", "What the network outputs (the model's, not a user's choice).",
+        choices=DISTILL_PREDICTIONS, node=False, cli=False,
+    )  # fmt: skip
+    num_train_timesteps: int = setting(
+        1000, "Timesteps of the model's training schedule.", low=2, high=100_000, node=False, cli=False
+    )
+    timestep_scaling: float = setting(
+        10.0, "LCM's boundary condition: c_skip / c_out at timestep_scaling * t.",
+        low=0.0, high=1e6, node=False, flag="--timestep_scaling_factor",
+    )  # fmt: skip
+    sigma_data: float = setting(
+        0.5, "LCM's boundary condition's sigma_data.", low=1e-6, high=1e6, node=False, cli=False
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.num_ddim_timesteps > self.num_train_timesteps:
+            raise TCDInputError.of(
+                "num_ddim_timesteps",
+                f"must be a whole number in 1..{self.num_train_timesteps} (num_train_timesteps), "
+                f"got {self.num_ddim_timesteps}",
+            )
+        if self.guidance_min > self.guidance_max:
+            raise TCDInputError.of(
+                "guidance_min",
+                f"must be <= guidance_max, got guidance_min={self.guidance_min} > guidance_max={self.guidance_max}",
+            )
 
     @property
     def skip(self) -> int:
@@ -121,30 +172,6 @@ class DistillConfig:
     def guided(self) -> bool:
         """False when the guidance range is 0..0 (Algorithm 1: one teacher forward, no uncond)."""
         return self.guidance_max > 0.0
-
-    def validate(self) -> DistillConfig:
-        """Raise ``TCDInputError`` naming the first bad field and its allowed values; return self."""
-        _require_choice("method", self.method, DISTILL_METHODS)
-        _require_choice("prediction", self.prediction, DISTILL_PREDICTIONS)
-        _require_int("num_train_timesteps", self.num_train_timesteps, 2, 100_000)
-        _require_int("num_ddim_timesteps", self.num_ddim_timesteps, 1, self.num_train_timesteps)
-        _require_float("guidance_min", self.guidance_min, 0.0, 100.0)
-        _require_float("guidance_max", self.guidance_max, 0.0, 100.0)
-        if self.guidance_min > self.guidance_max:
-            raise TCDInputError(
-                f"guidance_min must be <= guidance_max, got guidance_min={self.guidance_min} > "
-                f"guidance_max={self.guidance_max}"
-            )
-        _require_choice("loss", self.loss, DISTILL_LOSSES)
-        if not (isinstance(self.huber_c, (int, float)) and math.isfinite(self.huber_c) and self.huber_c > 0):
-            raise TCDInputError(f"huber_c must be a number > 0, got {self.huber_c!r}")
-        _require_choice("s_rule", self.s_rule, S_RULES)
-        _require_float("s_zero_share", self.s_zero_share, 0.0, 1.0)
-        _require_float("ema_decay", self.ema_decay, 0.0, 1.0, high_open=True)
-        _require_float("timestep_scaling", self.timestep_scaling, 0.0, 1e6)
-        if self.sigma_data <= 0 or not math.isfinite(self.sigma_data):
-            raise TCDInputError(f"sigma_data must be a number > 0, got {self.sigma_data!r}")
-        return self
 
 
 class TrainingPoints(NamedTuple):
@@ -162,11 +189,11 @@ class TrainingPoints(NamedTuple):
 
 
 class DistillTerms(NamedTuple):
-    """What the loss compares: ``prediction`` (student, with grad) against ``target`` (no grad)."""
+    """What the loss compares: ``student`` (with grad) against ``target`` (no grad)."""
 
-    prediction: Tensor  # f_student(x_{t_{n+k}}, t_{n+k}, s)
+    student: Tensor  # f_student(x_{t_{n+k}}, t_{n+k}, s)
     target: Tensor  # f_target(x̂_{t_n}, t_n, s)
-    x_start: Tensor  # x_{t_{n+k}} = a x0 + s noise
+    x_start: Tensor  # x_{t_{n+k}} = alpha x0 + sigma noise
     x_prev: Tensor  # x̂_{t_n}, the teacher's DDIM step
 
 
@@ -191,36 +218,36 @@ def _coef(table: Tensor, t: Tensor, like: Tensor) -> Tensor:
 
 
 def _alpha_sigma(alphas_cumprod: Tensor, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
-    """(a_t, s_t) = (sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)), computed in float64 then cast."""
+    """(alpha_t, sigma_t) = (sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)), computed in float64 then cast."""
     table = alphas_cumprod.to(torch.float64)
     return _coef(table.sqrt(), t, like), _coef((1.0 - table).sqrt(), t, like)
 
 
 def add_noise(alphas_cumprod: Tensor, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
-    """x_t = a_t x0 + s_t noise (diffusers' ``DDPMScheduler.add_noise``)."""
-    a, s = _alpha_sigma(alphas_cumprod, t, x0)
-    return a * x0 + s * noise
+    """x_t = alpha_t x0 + sigma_t noise (diffusers' ``DDPMScheduler.add_noise``)."""
+    alpha, sigma = _alpha_sigma(alphas_cumprod, t, x0)
+    return alpha * x0 + sigma * noise
 
 
 def split_prediction(
-    output: Tensor, x_t: Tensor, t: Tensor, alphas_cumprod: Tensor, prediction: str = "eps"
+    output: Tensor, x_t: Tensor, t: Tensor, alphas_cumprod: Tensor, prediction_type: str = "eps"
 ) -> tuple[Tensor, Tensor]:
     """(x0, eps) implied by a network output at (x_t, t).
 
-    eps-prediction: x0 = (x_t - s_t eps) / a_t. v-prediction (v = a_t eps - s_t x0):
-    x0 = a_t x_t - s_t v, eps = a_t v + s_t x_t. Anything else is refused by name.
+    eps-prediction: x0 = (x_t - sigma_t eps) / alpha_t. v-prediction (v = alpha_t eps - sigma_t x0):
+    x0 = alpha_t x_t - sigma_t v, eps = alpha_t v + sigma_t x_t. Anything else is refused by name.
     """
-    _require_choice("prediction", prediction, DISTILL_PREDICTIONS)
-    a, s = _alpha_sigma(alphas_cumprod, t, x_t)
-    if prediction == "eps":
-        return (x_t - s * output) / a, output
-    return a * x_t - s * output, a * output + s * x_t
+    _require_choice("prediction_type", prediction_type, DISTILL_PREDICTIONS)
+    alpha, sigma = _alpha_sigma(alphas_cumprod, t, x_t)
+    if prediction_type == "eps":
+        return (x_t - sigma * output) / alpha, output
+    return alpha * x_t - sigma * output, alpha * output + sigma * x_t
 
 
 def ddim_jump(x0: Tensor, eps: Tensor, s: Tensor, alphas_cumprod: Tensor) -> Tensor:
-    """The DDIM (first-order exponential-integrator) jump to timestep s: a_s x0 + s_s eps."""
-    a, sig = _alpha_sigma(alphas_cumprod, s, x0)
-    return a * x0 + sig * eps
+    """The DDIM (first-order exponential-integrator) jump to timestep s: alpha_s x0 + sigma_s eps."""
+    alpha, sigma = _alpha_sigma(alphas_cumprod, s, x0)
+    return alpha * x0 + sigma * eps
 
 
 def lcm_boundary_scalings(t: Tensor, timestep_scaling: float = 10.0, sigma_data: float = 0.5) -> tuple[Tensor, Tensor]:
@@ -236,10 +263,10 @@ def consistency_output(
 ) -> Tensor:
     """The consistency function from a raw network output at (x_t, t).
 
-    method "tcd": TCF(1) f(x_t, t, s) = a_s x0 + s_s eps (f(x_t, t, t) = x_t exactly).
+    method "tcd": TCF(1) f(x_t, t, s) = alpha_s x0 + sigma_s eps (f(x_t, t, t) = x_t exactly).
     method "lcm": f(x_t, t) = c_skip(t) x_t + c_out(t) x0 (``s`` ignored; it is 0).
     """
-    x0, eps = split_prediction(output, x_t, t, alphas_cumprod, config.prediction)
+    x0, eps = split_prediction(output, x_t, t, alphas_cumprod, config.prediction_type)
     if config.method == "lcm":
         c_skip, c_out = lcm_boundary_scalings(t, config.timestep_scaling, config.sigma_data)
         shape = (-1, *([1] * (x_t.ndim - 1)))
@@ -267,8 +294,9 @@ def draw_training_points(
     - "uniform+zero-ramp": s = 0 with probability ``s_zero_share * i / (N - 1)`` (none at the
       bottom of the grid, the full share at the top, where 1-2-step sampling jumps to 0), else "uniform".
     """
-    config.validate()
-    _require_int("batch_size", batch_size, 1, 1 << 30)
+    reason = Setting("", kind=int, low=1).refusal(batch_size)
+    if reason is not None:
+        raise TCDInputError.of("batch_size", reason)
     n, k = config.num_ddim_timesteps, config.skip
     index = torch.randint(0, n, (batch_size,), generator=generator, dtype=torch.int64)
     t_start = (index + 1) * k - 1
@@ -307,25 +335,25 @@ def teacher_ddim_step(
     """
     with torch.no_grad():
         out_c = teacher(x_start, points.t_start, cond)
-        x0, eps = split_prediction(out_c, x_start, points.t_start, alphas_cumprod, config.prediction)
+        x0, eps = split_prediction(out_c, x_start, points.t_start, alphas_cumprod, config.prediction_type)
         if config.guided and uncond is not None:
             out_u = teacher(x_start, points.t_start, uncond)
-            x0_u, eps_u = split_prediction(out_u, x_start, points.t_start, alphas_cumprod, config.prediction)
+            x0_u, eps_u = split_prediction(out_u, x_start, points.t_start, alphas_cumprod, config.prediction_type)
             w = points.w.to(x_start.device, x_start.dtype).reshape(-1, *([1] * (x_start.ndim - 1)))
             x0 = x0 + w * (x0 - x0_u)
             eps = eps + w * (eps - eps_u)
         return ddim_jump(x0, eps, points.t_prev, alphas_cumprod)
 
 
-def distance(config: DistillConfig, prediction: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+def distance(config: DistillConfig, student: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     """d of Eq. 29 as LCM's script: mean of sqrt((a - b)^2 + c^2) - c (elementwise), or the MSE.
 
     Computed in at least float32; per-sample mean, then the batch mean (equal to the mean over
     everything, as the script takes it). ``reduction="none"``: the per-sample means, shape [B].
     """
     _require_choice("reduction", reduction, ("mean", "none"))
-    dtype = torch.promote_types(prediction.dtype, torch.float32)
-    diff = prediction.to(dtype) - target.to(dtype)
+    dtype = torch.promote_types(student.dtype, torch.float32)
+    diff = student.to(dtype) - target.to(dtype)
     if config.loss == "huber":
         per_element = torch.sqrt(diff**2 + config.huber_c**2) - config.huber_c
     else:
@@ -350,7 +378,6 @@ def distill_terms(
     student (with grad). The target runs before the student, so a target that swaps EMA weights in
     and out (``EMA.swapped_in``) never touches a graph being built.
     """
-    config.validate()
     x_start = add_noise(alphas_cumprod, x0, noise, points.t_start)
     x_prev = teacher_ddim_step(config, alphas_cumprod, x_start, points, teacher, cond, uncond)
     with torch.no_grad():
@@ -380,7 +407,7 @@ def distill_loss(
     both called under no_grad here. Only ``student``'s call carries gradient.
     """
     terms = distill_terms(config, alphas_cumprod, x0, noise, points, student, teacher, target, cond, uncond)
-    return distance(config, terms.prediction, terms.target)
+    return distance(config, terms.student, terms.target)
 
 
 class EMA:
@@ -394,7 +421,9 @@ class EMA:
     def __init__(
         self, params: Iterable[Tensor] | Mapping[str, Tensor], decay: float, dtype: torch.dtype | None = None
     ) -> None:
-        _require_float("ema_decay", decay, 0.0, 1.0, high_open=True)
+        reason = setting_of(DistillConfig, "ema_decay").refusal(decay)
+        if reason is not None:
+            raise TCDInputError.of("ema_decay", reason)
         self.decay = float(decay)
         self.shadow = [p.detach().clone().to(dtype or p.dtype) for p in self._tensors(params)]
 

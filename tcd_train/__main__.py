@@ -1,4 +1,5 @@
-"""``python -m tcd_train``, ``accelerate launch -m tcd_train``, ``torchrun -m tcd_train``."""
+"""``tcd-train``: ``python -m comfyui_tcd_sampling.tcd_train``, ``accelerate launch -m
+comfyui_tcd_sampling.tcd_train``, ``torchrun -m comfyui_tcd_sampling.tcd_train``."""
 
 from .train import main
 

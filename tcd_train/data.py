@@ -25,8 +25,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .options import Resolution
-from .pack import TrainerError
+from .options import Resolution, TrainerError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 WDS_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")

@@ -1,40 +1,44 @@
-"""The model side of the trainer: the teacher checkpoint through ComfyUI's own loader, the node's training
-run (LoRA adapters, teacher switch, UNet call) behind a module DDP can wrap, batches, validation, saving.
+"""The model side of the trainer: the teacher checkpoint through ComfyUI's own loader, the node's student (LoRA
+adapters, teacher switch, UNet call: ``tcd_comfy.lora_student``) behind a module DDP can wrap, batches,
+validation, saving. Imported after ``comfy_host.import_comfyui``: it imports ComfyUI.
 
 Why ComfyUI's loader (``comfy.sd.load_checkpoint_guess_config``) and not diffusers' ``from_single_file``:
 the trained LoRA must be the one the ``TCD Distill LoRA`` node trains and ComfyUI's ``LoraLoader`` applies.
 With ComfyUI's model classes the trainer has the same UNet modules, the same key map
 (``comfy.lora.model_lora_keys_unet``), the same adapters (``comfy.weight_adapter``) and the same UNet
-call as the node, by importing them (``nodes/distill_training.py``), not by converting between layouts.
+call as the node, by importing them (``tcd_comfy``), not by converting between layouts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import comfy.model_detection
+import comfy.sample
+import comfy.samplers
+import comfy.sd
+import comfy.utils
 import torch
 from torch import Tensor
 
+from ..tcd_comfy import sampling
+from ..tcd_comfy.distill_data import batch_conds, encode_conds
+from ..tcd_comfy.distill_model import model_facts
+from ..tcd_comfy.lora_student import LoraStudent
+from ..tcd_core.distill import DistillConfig, TrainingPoints, draw_training_points
+from ..tcd_core.distiller import DistillBatch, Distiller, TrainSettings
+from ..tcd_core.errors import TCDInputError
 from .data import Sample, prepare_image, sample_generator
-from .options import Resolution
-from .pack import TrainerError, pack_module
+from .options import Resolution, TrainerError, trainer_error
 
 # ComfyUI model configs (comfy.supported_models) the trainer distils: discrete-time VP UNets, eps or v.
 SUPPORTED_FAMILIES = ("SD15", "SD20", "SDXL", "SSD1B", "Segmind_Vega", "KOALA_700M", "KOALA_1B")
 VAE_DOWNSCALE = 8  # SD / SDXL VAE: 8 pixels per latent cell
 COMPUTE_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def training_module():
-    """The node's ComfyUI-side training code (nodes/distill_training.py), imported from this pack."""
-    return pack_module("nodes.distill_training")
-
-
-def distill_module():
-    return pack_module("tcd_core.distill")
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,6 @@ class Family:
 
 def detect_family(path: str) -> Family:
     """The model family from the checkpoint's header alone (ComfyUI's detection on shapes): nothing loaded."""
-    import comfy.model_detection
     from safetensors import safe_open
 
     if not str(path).endswith(".safetensors"):
@@ -83,8 +86,6 @@ def check_resolution(resolution: Resolution, family: Family) -> None:
 
 def load_checkpoint(path: str, weight_dtype: torch.dtype) -> tuple[Any, Any, Any]:
     """(ModelPatcher, CLIP, VAE) of a single-file checkpoint, with ComfyUI's own classes."""
-    import comfy.sd
-
     patcher, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
         str(path), output_vae=True, output_clip=True, model_options={"dtype": weight_dtype}
     )
@@ -93,64 +94,36 @@ def load_checkpoint(path: str, weight_dtype: torch.dtype) -> tuple[Any, Any, Any
     return patcher, clip, vae
 
 
-def open_run(patcher: Any, args: Any, compute_dtype: torch.dtype) -> Any:
-    """The node's DistillRun on a clone of ``patcher`` (LoRA attached, teacher = adapters off), with the
-    trainer's compute dtype (the node offers bf16 / fp32; accelerate users also train in fp16)."""
-    training, distill = training_module(), distill_module()
+def open_student(
+    patcher: Any, config: DistillConfig, settings: TrainSettings, compute_dtype: torch.dtype
+) -> tuple[LoraStudent, DistillConfig]:
+    """The node's LoraStudent on a clone of ``patcher`` (LoRA attached, teacher = adapters off) in the trainer's
+    compute dtype (the node offers bf16 / fp32; accelerate users also train in fp16), fp32 LoRA weights; and
+    ``config`` with the model's prediction type."""
     try:
-        facts = training.model_facts(patcher)
-        config = distill.DistillConfig(
-            method=args.method,
-            prediction=facts.prediction,
-            num_ddim_timesteps=args.num_ddim_timesteps,
-            guidance_min=args.w_min,
-            guidance_max=args.w_max,
-            loss=args.loss_type,
-            huber_c=args.huber_c,
-            s_rule=args.s_rule,
-            s_zero_share=args.s_zero_share,
-            ema_decay=args.ema_decay,
-            timestep_scaling=args.timestep_scaling_factor,
-        ).validate()
-    except Exception as error:
-        if type(error).__name__ == "TCDInputError":
-            raise TrainerError(str(error).replace(f"{training.NODE_NAME} ", "")) from None
-        raise
-    settings = training.TrainSettings(
-        steps=args.max_train_steps,
-        learning_rate=args.learning_rate,
-        rank=args.lora_rank,
-        batch_size=args.train_batch_size,
-        grad_accumulation_steps=args.gradient_accumulation_steps,
-        seed=args.seed,
-        training_dtype="fp32",
-        lora_dtype="fp32",
-        gradient_checkpointing=args.gradient_checkpointing,
-    )
-    run = training.DistillRun(patcher, training.DistillDataset([], [], []), facts, config, settings)
-    run.compute_dtype = compute_dtype
-    run.patcher.set_model_compute_dtype(compute_dtype)
-    return run
+        facts = model_facts(patcher)
+    except TCDInputError as error:
+        raise trainer_error(error) from None
+    student = LoraStudent(
+        patcher, facts, rank=settings.rank, seed=settings.seed, compute_dtype=compute_dtype,
+        lora_dtype=torch.float32, checkpointing=settings.gradient_checkpointing,
+    )  # fmt: skip
+    return student, dataclasses.replace(config, prediction_type=facts.prediction_type)
 
 
 class DistillModule(torch.nn.Module):
-    """The LoRA adapters as one module whose forward is the loss of Eq. 29 (``tcd_core.distill.distill_loss``
-    with the run's student / teacher / target), so accelerate's DDP all-reduces exactly their gradients.
+    """The LoRA adapters as one module whose forward is the Distiller's loss of one batch, so that accelerate's
+    DDP all-reduces exactly their gradients. The frozen UNet is deliberately not a submodule: DDP neither
+    broadcasts nor buckets it."""
 
-    The frozen UNet is deliberately not a submodule: DDP neither broadcasts nor buckets it.
-    """
-
-    def __init__(self, run: Any) -> None:
+    def __init__(self, student: LoraStudent, distiller: Distiller) -> None:
         super().__init__()
-        self.adapters = torch.nn.ModuleList(run.lora.adapters.values())
-        object.__setattr__(self, "run", run)
+        self.adapters = torch.nn.ModuleList(student.lora.adapters.values())
+        object.__setattr__(self, "distiller", distiller)
 
     def forward(self, x0: Tensor, noise: Tensor, points: tuple, cond: dict, uncond: dict) -> Tensor:
-        distill, run = distill_module(), self.run
-        points = distill.TrainingPoints(*points)
-        return distill.distill_loss(
-            run.config, run.alphas_cumprod, x0, noise, points, run.student, run.teacher, run.target, cond, uncond
-        )
+        batch = DistillBatch(x0, cond, uncond, noise=noise, points=TrainingPoints(*points))
+        return self.distiller.loss(batch)
 
 
 # --- batches ------------------------------------------------------------------------------------------
@@ -185,24 +158,14 @@ class TextEncoder:
         return entry
 
 
-@dataclass
-class Batch:
-    x0: Tensor
-    noise: Tensor
-    points: tuple
-    cond: dict
-    uncond: dict
-    indices: list[int]
-
-
 class BatchBuilder:
     """Samples -> the tensors of one micro-batch: pixels (crop / flip from the sample's generator), VAE
     latents (ComfyUI's VAE Encode, then the model's ``process_latent_in``), noise and training points from
     the same generator, and the conds ComfyUI's sampler would build (``encode_conds`` / ``batch_conds``)."""
 
-    def __init__(self, run: Any, vae: Any, text: TextEncoder, negative_prompt: str, resolution: Resolution,
-                 crop: str, flip: bool, draws: Any) -> None:  # fmt: skip
-        self.run, self.vae, self.text, self.resolution = run, vae, text, resolution
+    def __init__(self, student: LoraStudent, config: DistillConfig, vae: Any, text: TextEncoder, negative_prompt: str,
+                 resolution: Resolution, crop: str, flip: bool, draws: Any) -> None:  # fmt: skip
+        self.student, self.config, self.vae, self.text, self.resolution = student, config, vae, text, resolution
         self.crop, self.flip, self.draws = crop, flip, draws
         self.negative = negative_prompt
 
@@ -214,10 +177,8 @@ class BatchBuilder:
     def pixels_of(self, sample: Sample, generator: torch.Generator) -> tuple[Tensor, dict]:
         return prepare_image(sample.image, self.resolution, self.crop, self.flip, generator)
 
-    def build(self, samples: list[Sample]) -> Batch:
-        training, distill = training_module(), distill_module()
-        run = self.run
-        base, device = run.patcher.model, run.patcher.load_device
+    def build(self, samples: list[Sample]) -> DistillBatch:
+        base, device = self.student.patcher.model, self.student.patcher.load_device
         generators = self.draws.generators([s.index for s in samples])
         sizes: list[dict] = []
         raw: list[Tensor | None] = []
@@ -236,35 +197,31 @@ class BatchBuilder:
             raw = [next(encoded) if r is None else r for r in raw]
         latents = [base.process_latent_in(r) for r in raw]
         noise = torch.cat([torch.randn(x.shape, generator=g) for x, g in zip(latents, generators, strict=True)])
-        drawn = [distill.draw_training_points(run.config, 1, g) for g in generators]
-        points = tuple(torch.cat(field).to(device) for field in zip(*drawn, strict=True))
+        drawn = [draw_training_points(self.config, 1, g) for g in generators]
+        points = TrainingPoints(*(torch.cat(field).to(device) for field in zip(*drawn, strict=True)))
         pos, neg = [], []
         for sample, latent, size in zip(samples, latents, sizes, strict=True):
             cond, extra = self.text(sample.caption)
             ucond, uextra = self.text(self.negative)
-            pos.append(training.encode_conds(base, [cond, {**extra, **size}], latent, device, "positive"))
-            neg.append(training.encode_conds(base, [ucond, {**uextra, **size}], latent, device, "negative"))
+            pos.append(encode_conds(base, [cond, {**extra, **size}], latent, device, "positive"))
+            neg.append(encode_conds(base, [ucond, {**uextra, **size}], latent, device, "negative"))
         x0 = torch.cat(latents).to(device)
-        return Batch(x0, noise.to(device), points, training.batch_conds(pos), training.batch_conds(neg),
-                     [s.index for s in samples])  # fmt: skip
+        return DistillBatch(x0, batch_conds(pos), batch_conds(neg), noise=noise.to(device), points=points)
 
 
 # --- validation and saving -----------------------------------------------------------------------------
 
 
-def validation_images(run: Any, vae: Any, text: TextEncoder, prompts: Sequence[str], resolution: Resolution,
+def validation_images(student: LoraStudent, vae: Any, text: TextEncoder, prompts: Sequence[str], resolution: Resolution,
                       steps: int, gamma: float, seed: int) -> list[Any]:  # fmt: skip
     """One image per prompt with the student, sampled by the pack's TCD sampler (tcd_core.sample_tcd through
-    nodes/comfy_adapter.py, as the TCD Sampler node runs it) in ComfyUI's sampling, cfg 1, then VAE-decoded."""
-    import comfy.sample
-    import comfy.samplers
+    tcd_comfy/sampling.py, as the TCD Sampler node runs it) in ComfyUI's sampling, cfg 1, then VAE-decoded."""
     from PIL import Image
 
-    adapter = pack_module("nodes.comfy_adapter")
-    patcher = run.patcher
-    sigmas = adapter.tcd_sigmas(patcher.get_model_object("model_sampling"), steps)
-    sampler = comfy.samplers.KSAMPLER(adapter.ksampler_tcd_sampler, extra_options={"gamma": gamma})
-    channels = run.facts.latent_channels
+    patcher = student.patcher
+    sigmas = sampling.tcd_sigmas(patcher.get_model_object("model_sampling"), steps)
+    sampler = comfy.samplers.KSAMPLER(sampling.ksampler_tcd_sampler, extra_options={"gamma": gamma})
+    channels = student.facts.latent_channels
     latent = torch.zeros(1, channels, resolution.height // VAE_DOWNSCALE, resolution.width // VAE_DOWNSCALE)
     images = []
     with torch.no_grad():
@@ -280,11 +237,9 @@ def validation_images(run: Any, vae: Any, text: TextEncoder, prompts: Sequence[s
     return images
 
 
-def save_lora(run: Any, path: str, metadata: dict[str, str]) -> None:
-    """The student's LoRA in ComfyUI's saved-LoRA layout (the node's ``lora_state_dict``), as safetensors."""
-    import comfy.utils
-
-    comfy.utils.save_torch_file(run.lora_state_dict(), str(path), metadata=metadata)
+def save_lora(student: LoraStudent, path: str, metadata: dict[str, str]) -> None:
+    """The student's LoRA in ComfyUI's saved-LoRA layout (the node's), as safetensors."""
+    comfy.utils.save_torch_file(student.lora_state_dict(), str(path), metadata=metadata)
 
 
 def lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:

@@ -1,5 +1,10 @@
-"""The trainer's command line (names as diffusers' LCM-LoRA scripts where they exist) and the checks that run
-before anything is loaded."""
+"""The trainer's command line and the checks that run before anything is loaded.
+
+The options the node shares (``tcd_core.distill.DistillConfig``, ``tcd_core.distiller.TrainSettings``) are
+generated from their fields' metadata: the same defaults, bounds, choices and help as the node's widgets,
+under diffusers' LCM-LoRA script names where those exist (``--w_min``, ``--lora_rank``, ...). The rest are
+the trainer's own (data, accelerate, the lr schedule, output).
+"""
 
 from __future__ import annotations
 
@@ -7,19 +12,68 @@ import argparse
 import math
 import os
 import re
-import sys
 from dataclasses import dataclass
+from typing import Any
 
-from .pack import TrainerError, pack_module
+from ..tcd_core.distill import DistillConfig
+from ..tcd_core.distiller import TrainSettings
+from ..tcd_core.errors import TCDInputError
+from ..tcd_core.settings import settings_of
+
+INPUT_OPTIONS = {"model": "--pretrained_model", "latents": "--train_data_dir"}
+"""The option that gives what a ComfyUI-side input of the node names (``TCDInputError.field``)."""
+
+
+class TrainerError(Exception):
+    """A refusal of the trainer's input, raised before any training, naming the option."""
+
+
+def option_of(field: str) -> str:
+    """The trainer's option for a setting or node input named ``field``."""
+    for cls in (DistillConfig, TrainSettings):
+        found = settings_of(cls).get(field)
+        if found is not None:
+            return found[0].option(field)
+    return INPUT_OPTIONS.get(field, f"--{field}")
+
+
+def trainer_error(error: TCDInputError) -> TrainerError:
+    """A TCDInputError naming its field as the trainer's option."""
+    if error.field is None:
+        return TrainerError(str(error))
+    return TrainerError(f"{option_of(error.field)}: {error.detail}")
+
+
+def _add_settings(group: Any, cls: type) -> None:
+    """One option per command-line setting of ``cls`` (dest = the field's name), with the node's default."""
+    for name, (spec, default) in settings_of(cls).items():
+        if not spec.cli:
+            continue
+        shown = f"{spec.tooltip} (default: {default})"
+        if spec.choices is not None:
+            group.add_argument(spec.option(name), dest=name, choices=spec.choices, default=default, help=shown)
+        elif spec.kind is bool:
+            group.add_argument(spec.option(name), dest=name, action=argparse.BooleanOptionalAction, default=default,
+                               help=spec.tooltip)  # fmt: skip
+        else:
+            group.add_argument(spec.option(name), dest=name, type=spec.kind, default=default, help=shown)
+
+
+def settings_from(args: argparse.Namespace, cls: type, **fixed: Any) -> Any:
+    """``cls`` (DistillConfig or TrainSettings) from the parsed options; a bad value names its option."""
+    values = {name: getattr(args, name) for name, (spec, _) in settings_of(cls).items() if spec.cli}
+    try:
+        return cls(**values, **fixed)
+    except TCDInputError as error:
+        raise trainer_error(error) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    distill = pack_module("tcd_core.distill")  # pure torch: no ComfyUI needed yet
-    defaults = distill.DistillConfig()  # the node's defaults, so the two cannot drift apart
     p = argparse.ArgumentParser(
-        prog="tcd-train" if os.path.basename(sys.argv[0]).startswith("tcd-train") else "python -m tcd_train",
+        prog="tcd-train",
         description="Distil a TCD (or LCM) LoRA from a single-file SD1.5 / SD2.1 / SDXL checkpoint, on one or "
-        "many GPUs (tcd-train ..., accelerate launch -m tcd_train ..., torchrun -m tcd_train ...).",
+        "many GPUs (tcd-train ..., accelerate launch -m comfyui_tcd_sampling.tcd_train ..., torchrun -m "
+        "comfyui_tcd_sampling.tcd_train ...).",
     )
     g = p.add_argument_group("model")
     g.add_argument("--comfyui", default=None, help="ComfyUI checkout to load models with (default $COMFYUI_PATH)")
@@ -36,28 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--crop", choices=("center", "random"), default="center", help="crop after the cover-resize")
     g.add_argument("--random_flip", action="store_true", help="flip images horizontally with probability 0.5")
     g.add_argument("--latents_cache", default=None, help="folder: VAE-encode the data once there, reuse it")
-    g = p.add_argument_group("distillation (tcd_core.distill.DistillConfig)")
-    g.add_argument("--method", choices=distill.DISTILL_METHODS, default=defaults.method)
-    g.add_argument("--num_ddim_timesteps", type=int, default=defaults.num_ddim_timesteps)
-    g.add_argument("--w_min", type=float, default=defaults.guidance_min, help="teacher's guidance range (LCM form)")
-    g.add_argument("--w_max", type=float, default=defaults.guidance_max)
-    g.add_argument("--loss_type", choices=distill.DISTILL_LOSSES, default=defaults.loss)
-    g.add_argument("--huber_c", type=float, default=defaults.huber_c)
-    g.add_argument("--s_rule", choices=distill.S_RULES, default=defaults.s_rule)
-    g.add_argument("--s_zero_share", type=float, default=defaults.s_zero_share)
-    g.add_argument("--ema_decay", type=float, default=defaults.ema_decay, help="EMA target decay; 0 = stop-grad")
-    g.add_argument("--timestep_scaling_factor", type=float, default=defaults.timestep_scaling, help="LCM boundary")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--lora_rank", type=int, default=64)
-    g.add_argument("--train_batch_size", type=int, default=8, help="per process")
-    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    g.add_argument("--max_train_steps", type=int, default=1000)
-    g.add_argument("--learning_rate", type=float, default=1e-4)
+    _add_settings(p.add_argument_group("distillation (as the TCD Distill LoRA node)"), DistillConfig)
+    g = p.add_argument_group("optimisation (as the TCD Distill LoRA node, then the trainer's own)")
+    _add_settings(g, TrainSettings)
     g.add_argument("--lr_scheduler", choices=("constant", "linear", "cosine"), default="constant")
     g.add_argument("--lr_warmup_steps", type=int, default=500)
-    g.add_argument(
-        "--optimizer", choices=("AdamW", "Adam", "SGD", "RMSprop"), default="AdamW", help="as the node's choices"
-    )
     g.add_argument("--adam_beta1", type=float, default=0.9)
     g.add_argument("--adam_beta2", type=float, default=0.999)
     g.add_argument("--adam_weight_decay", type=float, default=1e-2)
@@ -65,8 +102,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--use_8bit_adam", action="store_true", help="bitsandbytes' AdamW8bit (must be installed)")
     g.add_argument("--max_grad_norm", type=float, default=1.0, help="0 = no clipping")
     g.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None, help="default: accelerate's")
-    g.add_argument("--gradient_checkpointing", action="store_true")
-    g.add_argument("--seed", type=int, default=0)
     g.add_argument("--cpu", action="store_true", help="train on the CPU (tests, dry runs)")
     g = p.add_argument_group("output")
     g.add_argument("--output_dir", default="tcd-lora")
@@ -101,14 +136,13 @@ def parse_resolution(text: str) -> Resolution:
     return Resolution(width, height)
 
 
-def check_options(args: argparse.Namespace) -> None:
-    """Refuse what can be refused without loading anything; each message names the option."""
+def check_options(args: argparse.Namespace) -> tuple[DistillConfig, TrainSettings]:
+    """Refuse what can be refused without loading anything, each message naming the option; returns the
+    distillation settings (the prediction type comes from the model, once it is loaded)."""
     if not os.path.isfile(args.pretrained_model):
         raise TrainerError(f"--pretrained_model {args.pretrained_model}: no such file")
-    if args.w_min > args.w_max:
-        raise TrainerError(f"--w_min {args.w_min} > --w_max {args.w_max}: the guidance range needs w_min <= w_max")
-    if args.w_min < 0:
-        raise TrainerError(f"--w_min {args.w_min}: guidance scales must be >= 0")
+    config = settings_from(args, DistillConfig)
+    settings = settings_from(args, TrainSettings, training_dtype="fp32", lora_dtype="fp32")
     sources = [x for x in (args.train_data_dir, args.train_shards_path_or_url) if x]
     cached = bool(args.latents_cache) and os.path.isfile(os.path.join(args.latents_cache, "index.json"))
     if len(sources) > 1:
@@ -119,11 +153,6 @@ def check_options(args: argparse.Namespace) -> None:
         raise TrainerError("--latents_cache stores one encoding per image: it takes --crop center, no --random_flip")
     parse_resolution(args.resolution)
     positive = {
-        "--lora_rank": args.lora_rank,
-        "--train_batch_size": args.train_batch_size,
-        "--gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "--max_train_steps": args.max_train_steps,
-        "--num_ddim_timesteps": args.num_ddim_timesteps,
         "--checkpointing_steps": args.checkpointing_steps,
         "--log_every": args.log_every,
         "--validation_inference_steps": args.validation_inference_steps,
@@ -133,12 +162,13 @@ def check_options(args: argparse.Namespace) -> None:
             raise TrainerError(f"{name} {value}: must be >= 1")
     if args.lr_warmup_steps < 0 or args.validation_steps < 0:
         raise TrainerError("--lr_warmup_steps and --validation_steps must be >= 0")
-    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
-        raise TrainerError(f"--learning_rate {args.learning_rate}: must be a number > 0")
-    if args.use_8bit_adam and args.optimizer != "AdamW":
-        raise TrainerError(f"--use_8bit_adam is AdamW8bit: it takes --optimizer AdamW, not {args.optimizer}")
+    if not math.isfinite(args.max_grad_norm) or args.max_grad_norm < 0:
+        raise TrainerError(f"--max_grad_norm {args.max_grad_norm}: must be a number >= 0")
+    if args.use_8bit_adam and settings.optimizer != "AdamW":
+        raise TrainerError(f"--use_8bit_adam is AdamW8bit: it takes --optimizer AdamW, not {settings.optimizer}")
     if args.use_8bit_adam:
         try:
             import bitsandbytes  # noqa: F401
         except ImportError:
             raise TrainerError("--use_8bit_adam needs bitsandbytes: pip install bitsandbytes") from None
+    return config, settings

@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
+from ..tcd_core.distiller import Distiller, StepHooks
 from . import data as data_mod
-from . import engine
-from .options import build_parser, check_options, parse_resolution
-from .pack import TrainerError, import_comfyui
+from .comfy_host import import_comfyui
+from .options import TrainerError, build_parser, check_options, parse_resolution
 
 CHECKPOINT_PREFIX = "checkpoint-"
 
@@ -35,20 +35,20 @@ CHECKPOINT_PREFIX = "checkpoint-"
 class TrainState:
     """What accelerate's save_state does not know: the optimizer step reached and the EMA target."""
 
-    def __init__(self, run: Any) -> None:
+    def __init__(self, distiller: Distiller) -> None:
         self.step = 0
-        self.run = run
+        self.distiller = distiller
 
     def state_dict(self) -> dict:
         state: dict[str, Any] = {"step": self.step}
-        if self.run.ema is not None:
-            state["ema"] = self.run.ema.state_dict()
+        if self.distiller.ema is not None:
+            state["ema"] = self.distiller.ema.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
-        if self.run.ema is not None and "ema" in state:
-            self.run.ema.load_state_dict(state["ema"])
+        if self.distiller.ema is not None and "ema" in state:
+            self.distiller.ema.load_state_dict(state["ema"])
 
 
 def checkpoints(output_dir: str) -> list[Path]:
@@ -81,12 +81,14 @@ def open_source(args: argparse.Namespace, resolution) -> Any:
     return data_mod.ShardStream(args.train_shards_path_or_url)
 
 
-def make_optimizer(args: argparse.Namespace, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+def make_optimizer(args: argparse.Namespace, settings: Any, params: list[torch.Tensor]) -> torch.optim.Optimizer:
     """AdamW with the --adam_* settings (diffusers' defaults, which are torch's; bitsandbytes' 8-bit AdamW with
     --use_8bit_adam), or the node's other choices (Adam, SGD, RMSprop) made as the node makes them."""
-    if args.optimizer != "AdamW":
-        return engine.training_module().OPTIMIZERS[args.optimizer](params, lr=args.learning_rate)
-    kwargs = dict(lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+    from ..tcd_core.distiller import make_optimizer as node_optimizer
+
+    if settings.optimizer != "AdamW":
+        return node_optimizer(settings, params)
+    kwargs = dict(lr=settings.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                   weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)  # fmt: skip
     if args.use_8bit_adam:
         import bitsandbytes as bnb
@@ -110,7 +112,7 @@ def _oom_report(error: Exception, device: torch.device, args: argparse.Namespace
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
     total = torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda" else 0.0
     return TrainerError(
-        f"--train_batch_size {args.train_batch_size} at --resolution {args.resolution} does not fit: the first step "
+        f"--train_batch_size {args.batch_size} at --resolution {args.resolution} does not fit: the first step "
         f"needed more than {peak + failed:.1f} GiB (peak {peak:.1f} GiB + a failed {failed:.2f} GiB allocation) of "
         f"{total:.1f} GiB; lower the batch (raise --gradient_accumulation_steps instead), add "
         "--gradient_checkpointing or --mixed_precision bf16"
@@ -119,7 +121,7 @@ def _oom_report(error: Exception, device: torch.device, args: argparse.Namespace
 
 def train(args: argparse.Namespace, draws: Any = None) -> dict:
     """Run the whole training; returns a summary (also printed as one JSON line by ``main``)."""
-    check_options(args)
+    config, settings = check_options(args)
     resolution = parse_resolution(args.resolution)
     source = open_source(args, resolution)
     resume = resume_path(args)
@@ -132,7 +134,7 @@ def train(args: argparse.Namespace, draws: Any = None) -> dict:
 
     log_with = "tensorboard" if args.report_to == "tensorboard" and _tensorboard_available() else None
     accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        gradient_accumulation_steps=args.grad_accumulation_steps,
         mixed_precision=args.mixed_precision,
         cpu=args.cpu,
         log_with=log_with,
@@ -144,20 +146,21 @@ def train(args: argparse.Namespace, draws: Any = None) -> dict:
     if device.type == "cuda":
         torch.cuda.set_device(device)  # before ComfyUI's model_management picks its device
     import_comfyui(args.comfyui, cpu=device.type == "cpu")
-    import comfy.model_management  # noqa: F401 - after the device choice
+    from . import engine  # imports ComfyUI: after the device choice
 
     family = engine.detect_family(args.pretrained_model)
     engine.check_resolution(resolution, family)
     compute_dtype = engine.COMPUTE_DTYPES[accelerator.mixed_precision]
     patcher, clip, vae = engine.load_checkpoint(args.pretrained_model, compute_dtype)
-    run = engine.open_run(patcher, args, compute_dtype)
+    with torch.inference_mode(False):
+        student, config = engine.open_student(patcher, config, settings, compute_dtype)
     is_main = accelerator.is_main_process
     os.makedirs(args.output_dir, exist_ok=True)
 
-    with torch.inference_mode(False), run:
+    with torch.inference_mode(False), student:
         text = engine.TextEncoder(clip)
-        builder = engine.BatchBuilder(run, vae, text, args.negative_prompt, resolution, args.crop, args.random_flip,
-                                      draws or engine.IndexedDraws(args.seed))  # fmt: skip
+        builder = engine.BatchBuilder(student, config, vae, text, args.negative_prompt, resolution, args.crop,
+                                      args.random_flip, draws or engine.IndexedDraws(settings.seed))  # fmt: skip
         if args.latents_cache and not isinstance(source, data_mod.LatentsCache):
             if is_main:
                 samples = source.one_epoch() if isinstance(source, data_mod.ShardStream) else (
@@ -173,14 +176,23 @@ def train(args: argparse.Namespace, draws: Any = None) -> dict:
             accelerator.wait_for_everyone()
             source = data_mod.LatentsCache(args.latents_cache, resolution)
 
-        module = engine.DistillModule(run)
-        params = [p for p in module.parameters() if p.requires_grad]
-        optimizer = make_optimizer(args, params)
-        schedule = engine.lr_lambda(args.lr_scheduler, args.lr_warmup_steps, args.max_train_steps)
+        accumulation = settings.grad_accumulation_steps
+        optimizer = make_optimizer(args, settings, student.params)
+        distiller = Distiller(config, student.alphas_cumprod, student.student, student.teacher, student.params,
+                              optimizer, accumulation=accumulation)  # fmt: skip
+        module = engine.DistillModule(student, distiller)
+        schedule = engine.lr_lambda(args.lr_scheduler, args.lr_warmup_steps, settings.steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        run.optimizer = optimizer  # the run's cleanup zeroes this one's gradients
-        module, optimizer = accelerator.prepare(module, optimizer)
-        state = TrainState(run)
+        module, distiller.optimizer = accelerator.prepare(module, optimizer)
+        distiller.hooks = StepHooks(
+            forward=lambda batch: module(batch.x0, batch.noise, tuple(batch.points), batch.cond, batch.uncond),
+            backward=accelerator.backward,
+            accumulate=lambda: accelerator.accumulate(module),
+            clip_grad=(lambda params: accelerator.clip_grad_norm_(params, args.max_grad_norm))
+            if args.max_grad_norm > 0 else None,
+            backward_divides=True,
+        )  # fmt: skip
+        state = TrainState(distiller)
         accelerator.register_for_checkpointing(scheduler, state)
         if resume is not None:
             accelerator.load_state(str(resume))
@@ -191,50 +203,38 @@ def train(args: argparse.Namespace, draws: Any = None) -> dict:
                                                            if isinstance(v, (int, float, str, bool))})  # fmt: skip
 
         world, rank = accelerator.num_processes, accelerator.process_index
-        accumulation = args.gradient_accumulation_steps
-        data = data_mod.ProcessData(source, args.seed, rank, world, args.train_batch_size, state.step * accumulation)
+        data = data_mod.ProcessData(source, settings.seed, rank, world, settings.batch_size, state.step * accumulation)
         metadata = {"tcd_train": json.dumps({k: v for k, v in vars(args).items() if k != "stop_at_step"}, default=str),
-                    "tcd_method": args.method, "tcd_rank": str(args.lora_rank)}  # fmt: skip
+                    "tcd_method": config.method, "tcd_rank": str(settings.rank)}  # fmt: skip
         from tqdm.auto import tqdm
 
-        progress = tqdm(total=args.max_train_steps, initial=state.step, disable=not is_main, desc="steps")
+        progress = tqdm(total=settings.steps, initial=state.step, disable=not is_main, desc="steps")
         start_step, started = state.step, time.perf_counter()
         step_ends: list[float] = []
         last_loss = float("nan")
-        while state.step < args.max_train_steps:
-            losses = []
+        while state.step < settings.steps:
+            micro_batches = ([builder.build(data.next_batch())] for _ in range(accumulation))
             try:
-                for _ in range(accumulation):
-                    batch = builder.build(data.next_batch())
-                    with accelerator.accumulate(module):
-                        loss = module(batch.x0, batch.noise, batch.points, batch.cond, batch.uncond)
-                        accelerator.backward(loss)
-                        if accelerator.sync_gradients and args.max_grad_norm > 0:
-                            accelerator.clip_grad_norm_(params, args.max_grad_norm)
-                        optimizer.step()
-                        optimizer.zero_grad(set_to_none=True)
-                    losses.append(loss.detach())
+                loss = distiller.step(micro_batches)
             except torch.OutOfMemoryError as error:
                 if state.step == start_step:
                     raise _oom_report(error, device, args) from None
                 raise
             if not accelerator.optimizer_step_was_skipped:
                 scheduler.step()
-            if run.ema is not None:
-                run.ema.update(run.params)
             state.step += 1
             step_ends.append(time.perf_counter())
-            last_loss = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
+            last_loss = accelerator.reduce(torch.tensor(loss, device=device), reduction="mean").item()
             progress.update(1)
             if state.step % args.log_every == 0:
                 lr = scheduler.get_last_lr()[0]
                 progress.set_postfix(loss=f"{last_loss:.4g}", lr=f"{lr:.3g}")
                 if log_with:
                     accelerator.log({"loss": last_loss, "lr": lr}, step=state.step)
-            if state.step % args.checkpointing_steps == 0 and state.step < args.max_train_steps:
-                save_checkpoint(accelerator, args, run, state.step, metadata)
+            if state.step % args.checkpointing_steps == 0 and state.step < settings.steps:
+                save_checkpoint(accelerator, args, student, state.step, metadata)
             if args.validation_steps and state.step % args.validation_steps == 0:
-                validate(accelerator, args, run, vae, text, resolution, state.step)
+                validate(accelerator, args, student, vae, text, resolution, state.step)
             if args.stop_at_step == state.step:
                 accelerator.wait_for_everyone()
                 os.kill(os.getpid(), signal.SIGKILL)  # tests: end like a killed job, nothing more written
@@ -243,7 +243,7 @@ def train(args: argparse.Namespace, draws: Any = None) -> dict:
         accelerator.wait_for_everyone()
         lora_path = Path(args.output_dir) / f"{args.output_name}.safetensors"
         if is_main:
-            engine.save_lora(run, str(lora_path), {**metadata, "tcd_steps": str(state.step)})
+            engine.save_lora(student, str(lora_path), {**metadata, "tcd_steps": str(state.step)})
         accelerator.end_training()
         steps_run = state.step - start_step
         warm = min(2, max(0, len(step_ends) - 2))  # steady state: after the first steps (allocator, kernels)
@@ -256,14 +256,14 @@ def train(args: argparse.Namespace, draws: Any = None) -> dict:
             "seconds": elapsed,
             "steps_per_s": steps_run / elapsed if elapsed > 0 else float("nan"),
             "steady_steps_per_s": steady,
-            "images_per_s": steps_run * world * args.train_batch_size * accumulation / elapsed if elapsed else 0.0,
+            "images_per_s": steps_run * world * settings.batch_size * accumulation / elapsed if elapsed else 0.0,
             "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
             "lora": str(lora_path),
         }
     return summary
 
 
-def save_checkpoint(accelerator: Any, args: argparse.Namespace, run: Any, step: int, metadata: dict) -> None:
+def save_checkpoint(accelerator: Any, args: argparse.Namespace, student: Any, step: int, metadata: dict) -> None:
     """accelerate's state (adapters, optimizer, scheduler, RNG, TrainState) and the LoRA so far."""
     path = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{step}"
     if accelerator.is_main_process and args.checkpoints_total_limit:
@@ -273,15 +273,20 @@ def save_checkpoint(accelerator: Any, args: argparse.Namespace, run: Any, step: 
     accelerator.wait_for_everyone()
     accelerator.save_state(str(path))
     if accelerator.is_main_process:
-        engine.save_lora(run, str(path / f"{args.output_name}.safetensors"), {**metadata, "tcd_steps": str(step)})
+        from . import engine
+
+        engine.save_lora(student, str(path / f"{args.output_name}.safetensors"), {**metadata, "tcd_steps": str(step)})
     accelerator.wait_for_everyone()
 
 
-def validate(accelerator: Any, args: argparse.Namespace, run: Any, vae: Any, text: Any, resolution, step: int) -> None:
+def validate(accelerator: Any, args: argparse.Namespace, student: Any, vae: Any, text: Any, resolution,
+             step: int) -> None:  # fmt: skip
     """Validation images from the main process (the others wait), PNG files and TensorBoard."""
+    from . import engine
+
     if accelerator.is_main_process and args.validation_prompts:
         images = engine.validation_images(
-            run, vae, text, args.validation_prompts, resolution, args.validation_inference_steps,
+            student, vae, text, args.validation_prompts, resolution, args.validation_inference_steps,
             args.validation_gamma, args.seed,
         )  # fmt: skip
         folder = Path(args.output_dir) / "validation"

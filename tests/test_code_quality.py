@@ -12,8 +12,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 COMFYUI_MODULES = {"comfy", "comfy_api", "comfy_extras", "nodes", "folder_paths", "server", "execution"}
 SUPPORT_CODE = ("dev", "bench", "tests", "devkit")
-# The one place that puts $COMFYUI_PATH on the import path (ComfyUI is a source tree, not a package).
+# The one place that puts $COMFYUI_PATH on the import path (ComfyUI is a source tree, not a package), and
+# the one that puts this checkout there under the pack's installed name (comfyui_tcd_sampling).
 COMFYUI_IMPORT = ROOT / "devkit" / "comfy_import.py"
+PACK_IMPORT = ROOT / "devkit" / "pack_import.py"
+PACK_CODE = ("__init__.py", "nodes", "tcd_comfy", "tcd_core", "tcd_train")
+HAND_BUILT_LOADERS = {"spec_from_file_location", "module_from_spec", "ModuleSpec"}
 LOAD_BY_FILE_NAME = "spec_from_file_location"  # importlib.util's loader of a module by its file name
 OUTSIDE_THE_REPO = re.compile(r"shared/(?:docs|fixtures)\b|\.\./shared\b|TCD_IPADAPTER_OBJECT_INFO")
 
@@ -71,9 +75,11 @@ def path_hacks(path: Path) -> list[str]:
 
 def test_support_code_imports_normally() -> None:
     """dev/, bench/, tests/ and devkit/ import each other as packages: no import-path edits, no loading by
-    file name, except devkit.comfy_import putting ComfyUI first (pytest's own ``pythonpath = ["."]``
-    in pyproject.toml puts the repository root on the path)."""
-    hacks = [hack for path in support_modules() if path != COMFYUI_IMPORT for hack in path_hacks(path)]
+    file name, except devkit.comfy_import putting ComfyUI first and devkit.pack_import putting this checkout
+    there as ``comfyui_tcd_sampling`` (pytest's own ``pythonpath = ["."]`` in pyproject.toml puts the
+    repository root on the path)."""
+    allowed = (COMFYUI_IMPORT, PACK_IMPORT)
+    hacks = [hack for path in support_modules() if path not in allowed for hack in path_hacks(path)]
     assert not hacks, hacks
     assert path_hacks(COMFYUI_IMPORT), "devkit.comfy_import no longer puts ComfyUI on the path: update this test"
 
@@ -97,3 +103,53 @@ def test_nothing_refers_outside_the_repository() -> None:
             continue  # images
         hits += [f"{path.relative_to(ROOT)}: {match.group()}" for match in OUTSIDE_THE_REPO.finditer(text)]
     assert not hits, hits
+
+
+# --- one distillation engine, one package name ------------------------------------------------------------
+
+
+def pack_modules() -> list[Path]:
+    paths = [ROOT / name for name in PACK_CODE]
+    return sorted(p for path in paths for p in ([path] if path.is_file() else path.rglob("*.py")))
+
+
+def calls_of(path: Path, name: str) -> list[int]:
+    """Lines of calls of a function or method named ``name`` in a module."""
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Call):
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            if called == name:
+                lines.append(node.lineno)
+    return lines
+
+
+def test_the_distillation_step_is_written_once() -> None:
+    """distill_loss is called from one place outside the tests (tcd_core.distiller, the engine the node, the
+    trainer and the benchmark drive), and nothing in nodes/ trains: no backward, no optimizer."""
+    callers = {
+        f"{path.relative_to(ROOT)}:{line}"
+        for path in [*pack_modules(), *support_modules()]
+        if "tests" not in path.relative_to(ROOT).parts
+        for line in calls_of(path, "distill_loss")
+    }
+    assert len(callers) == 1 and next(iter(callers)).startswith("tcd_core/distiller.py:"), callers
+    for path in sorted((ROOT / "nodes").glob("*.py")):
+        text = path.read_text()
+        for forbidden in ("backward", "zero_grad", "torch.optim", "optimizer", "EMA("):
+            assert forbidden not in text, f"{path.name} mentions {forbidden}: training belongs in tcd_comfy / tcd_core"
+
+
+def test_the_trainer_imports_no_node_module_and_no_module_is_loaded_by_hand() -> None:
+    """tcd_train reaches the ComfyUI side through tcd_comfy, never nodes/; the pack is imported under its one
+    name by the normal import system (no module built from a spec or loaded by file name)."""
+    for path in sorted((ROOT / "tcd_train").glob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert not (node.module or "").startswith("nodes"), f"{path.name}:{node.lineno} imports nodes"
+    for path in [*pack_modules(), *support_modules()]:
+        text = path.read_text()
+        found = [name for name in HAND_BUILT_LOADERS if name in text and path != Path(__file__).resolve()]
+        assert not found, f"{path.relative_to(ROOT)} builds a module by hand: {found}"

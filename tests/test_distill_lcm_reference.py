@@ -24,11 +24,10 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
+from comfyui_tcd_sampling import tcd_core
+from comfyui_tcd_sampling.tcd_core.distill import DistillConfig, distill_loss, distill_terms, draw_training_points
 from diffusers import DDPMScheduler
 from torch import Tensor, nn
-
-import tcd_core
-from tcd_core.distill import DistillConfig, distill_loss, distill_terms, draw_training_points
 
 TOL = 1e-6
 BATCH = 6
@@ -271,7 +270,7 @@ def _compare(
     args.w_min, args.w_max = guidance
     cfg = DistillConfig(
         method=args.method,
-        prediction=prediction,
+        prediction_type=prediction,
         loss=args.loss_type,
         huber_c=args.huber_c,
         guidance_min=guidance[0],
@@ -304,7 +303,7 @@ def _compare(
     return {
         "loss": abs(ours.item() - ref["loss"].item()),
         "loss_value": ref["loss"].item(),
-        "prediction": float((terms.prediction - ref["model_pred"]).detach().abs().max()),
+        "prediction": float((terms.student - ref["model_pred"]).detach().abs().max()),
         "target": float((terms.target - ref["target"]).abs().max()),
         "x_prev": float((terms.x_prev - ref["x_prev"]).abs().max()),
         "grad": max(float((a - b).abs().max()) for a, b in zip(our_grads, ref_grads, strict=True)) / grad_scale,

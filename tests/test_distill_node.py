@@ -9,7 +9,7 @@ import shutil
 import time
 import urllib.request
 import uuid
-from types import ModuleType
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -61,8 +61,14 @@ def node(comfy: Comfy) -> Any:
 
 
 @pytest.fixture(scope="module")
-def training(comfy: Comfy) -> ModuleType:
-    return importlib.import_module(comfy.pack_nodes.__name__ + ".distill_training")
+def training(comfy: Comfy) -> SimpleNamespace:
+    """The pack's distillation modules as ComfyUI loaded them (tcd_comfy, tcd_core), as one namespace."""
+    names = {}
+    for module in ("tcd_comfy.distill_model", "tcd_comfy.distill_data", "tcd_comfy.lora_adapters",
+                   "tcd_comfy.distill_run", "tcd_core.distill", "tcd_core.distiller"):  # fmt: skip
+        loaded = importlib.import_module(f"{comfy.pack.__name__}.{module}")
+        names.update({k: v for k, v in vars(loaded).items() if not k.startswith("_")})
+    return SimpleNamespace(**names)
 
 
 def tiny_model(seed: int = 0) -> Any:
@@ -188,7 +194,7 @@ def test_training_leaves_the_input_model_and_its_weights_untouched(node: Any) ->
     assert not unet_output(model_lora).equal(before_out), "the returned model does not carry the LoRA"
 
 
-def test_lora_is_in_train_loras_format_and_every_key_patches(node: Any, training: ModuleType) -> None:
+def test_lora_is_in_train_loras_format_and_every_key_patches(node: Any, training: SimpleNamespace) -> None:
     import comfy.lora
 
     model = tiny_model()
@@ -206,13 +212,13 @@ def test_lora_is_in_train_loras_format_and_every_key_patches(node: Any, training
     assert set(model.clone().add_patches(patches, 1.0)) == {f"{name}.weight" for name in targets}
 
 
-def test_teacher_is_the_model_with_adapters_off_and_only_the_lora_trains(training: ModuleType) -> None:
+def test_teacher_is_the_model_with_adapters_off_and_only_the_lora_trains(training: SimpleNamespace) -> None:
     model = tiny_model()
     reference = unet_output(model)
     args = inputs(model=model)
     facts = training.model_facts(model)
     dataset = training.build_dataset(model, args["latents"], args["positive"], args["negative"], facts)
-    config = training.distill.DistillConfig(prediction=facts.prediction)
+    config = training.DistillConfig(prediction_type=facts.prediction_type)
     settings = training.TrainSettings(rank=4, batch_size=2, learning_rate=1e-3, training_dtype="fp32")
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(1, 4, 8, 8, generator=gen)
@@ -220,17 +226,19 @@ def test_teacher_is_the_model_with_adapters_off_and_only_the_lora_trains(trainin
     t = torch.tensor([500])
     with training.DistillRun(model, dataset, facts, config, settings) as trainer:
         trainer.step()
-        grads_seen = [p for p in trainer.params if p.grad is not None]
+        params = trainer.model.params
+        grads_seen = [p for p in params if p.grad is not None]
         assert not grads_seen, "gradients were left after the optimizer step"
-        trainer.micro_step(1.0)
-        assert all(p.grad is not None for p in trainer.params), "a LoRA factor got no gradient"
+        for batch in trainer.micro_batch():
+            trainer.distiller.loss(batch).backward()
+        assert all(p.grad is not None for p in params), "a LoRA factor got no gradient"
         assert not any(p.requires_grad for p in model.model.parameters()), "base weights are trainable"
         with torch.no_grad():
-            teacher = trainer.teacher(x, t, {"c_crossattn": context})
-            student = trainer.student(x, t, {"c_crossattn": context})
+            teacher = trainer.model.teacher(x, t, {"c_crossattn": context})
+            student = trainer.model.student(x, t, {"c_crossattn": context})
         torch.testing.assert_close(teacher, reference, rtol=0, atol=0)
         assert not torch.equal(student, teacher), "the trained adapters do not act on the student"
-        assert trainer.lora.switch.enabled
+        assert trainer.model.lora.switch.enabled
 
 
 def test_same_seed_same_losses_and_another_seed_differs(node: Any) -> None:
@@ -271,7 +279,7 @@ def test_mixed_sizes_train(node: Any) -> None:
     assert len(run(node, latents=mixed)[2]["loss"]) == 2
 
 
-def test_continuing_from_a_saved_lora_starts_from_its_weights(node: Any, training: ModuleType) -> None:
+def test_continuing_from_a_saved_lora_starts_from_its_weights(node: Any, training: SimpleNamespace) -> None:
     model = tiny_model()
     lora = run(node, model=model)[1]
     adapters = training.read_existing_lora(model.model, lora)
@@ -281,13 +289,12 @@ def test_continuing_from_a_saved_lora_starts_from_its_weights(node: Any, trainin
         torch.testing.assert_close(tensor, lora[key], rtol=0, atol=0)
 
 
-def test_v_prediction_is_distilled_as_v_and_other_samplings_refused(comfy: Comfy, training: ModuleType) -> None:
+def test_v_prediction_is_distilled_as_v_and_other_samplings_refused(comfy: Comfy, training: SimpleNamespace) -> None:
     sampling = comfy.node("ModelSamplingDiscrete")
     model = tiny_model()
-    assert (
-        training.model_facts(run_node(sampling, model=model, sampling="v_prediction", zsnr=False)[0]).prediction == "v"
-    )
-    assert training.model_facts(model).prediction == "eps"
+    v_model = run_node(sampling, model=model, sampling="v_prediction", zsnr=False)[0]
+    assert training.model_facts(v_model).prediction_type == "v"
+    assert training.model_facts(model).prediction_type == "eps"
     for kind, fragment in (("x0", "prediction type x0"), ("lcm", "1000-step")):
         with pytest.raises(ValueError, match=fragment):
             training.model_facts(run_node(sampling, model=model, sampling=kind, zsnr=False)[0])

@@ -33,6 +33,7 @@ from devkit.model_files import default_models_dir
 from devkit.tiny_checkpoint import build_tiny_sd15_checkpoint
 
 STEPS, KILL_AT, RANK = 2, 1, 4
+TRAINER = "comfyui_tcd_sampling.tcd_train"  # the module `tcd-train` runs (devkit makes this checkout importable)
 CAPTIONS = ("a red square", "a blue circle")
 
 
@@ -83,14 +84,14 @@ def launch(
 ) -> subprocess.Popen:
     """The trainer in a fresh process: alone, under torchrun on ``processes`` local processes, or as node
     ``node = (rank, count)`` of a multi-node torchrun job (one process per node, rendezvous on localhost)."""
-    launcher = [sys.executable, "-m", "tcd_train"]
+    launcher = [sys.executable, "-m", TRAINER]
     if processes > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
-                    f"--master_port={port}", "-m", "tcd_train"]  # fmt: skip
+                    f"--master_port={port}", "-m", TRAINER]  # fmt: skip
     if node is not None:
         launcher = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={node[1]}",
                     f"--node_rank={node[0]}", "--nproc_per_node=1", "--master_addr=127.0.0.1",
-                    f"--master_port={port}", "-m", "tcd_train"]  # fmt: skip
+                    f"--master_port={port}", "-m", TRAINER]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([*launcher, *args], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
@@ -106,8 +107,8 @@ def finish(process: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
 def train_here(argv: list[str], draws: Any = None) -> dict:
     """The trainer in this process (one process, accelerate's single-process state), on one thread as the
     launched runs (OMP_NUM_THREADS=1), so that both sum in the same order."""
-    from tcd_train.options import build_parser
-    from tcd_train.train import train
+    from comfyui_tcd_sampling.tcd_train.options import build_parser
+    from comfyui_tcd_sampling.tcd_train.train import train
 
     with one_thread():
         return train(build_parser().parse_args(argv), draws=draws)
@@ -128,12 +129,10 @@ def one_thread() -> Iterator[None]:
 def initial_lora(checkpoint: Path, seed: int = 11) -> dict[str, torch.Tensor]:
     """The LoRA every run starts from: the node's attach_lora on the checkpoint, same seed."""
     import comfy.sd
-
-    from tcd_train.pack import pack_module
+    from comfyui_tcd_sampling.tcd_comfy.lora_adapters import attach_lora
 
     patcher = comfy.sd.load_checkpoint_guess_config(str(checkpoint), output_vae=False, output_clip=False)[0]
-    training = pack_module("nodes.distill_training")
-    return training.attach_lora(patcher.clone(), RANK, torch.float32, seed).state_dict()
+    return attach_lora(patcher.clone(), RANK, torch.float32, seed).state_dict()
 
 
 def delta_difference(a: dict, b: dict, start: dict) -> tuple[float, float, float]:
@@ -300,7 +299,7 @@ def test_shards_streamed_by_url_train_what_the_same_local_shards_train(
 ) -> None:
     """webdataset shards by http:// URL (a local HTTP server): the same samples in the same order, so the
     same LoRA as the local paths; a URL that answers 404 is refused before any training, naming it."""
-    from tcd_train.pack import TrainerError
+    from comfyui_tcd_sampling.tcd_train.options import TrainerError
 
     with http_server(Path(shards).parent) as base:
         spec = f"{base}/{Path(shards).name}"
@@ -315,7 +314,7 @@ def test_shards_streamed_by_url_train_what_the_same_local_shards_train(
     assert max_abs == 0.0, (rel, max_abs)
 
 
-PACKAGE_FILES = ("pyproject.toml", "LICENSE", "README.md", "__init__.py", "nodes", "tcd_core", "tcd_train")
+PACKAGE_FILES = ("pyproject.toml", "LICENSE", "README.md", "__init__.py", "nodes", "tcd_comfy", "tcd_core", "tcd_train")
 
 
 def test_pip_install_of_the_train_extra_gives_a_tcd_train_command_that_runs_anywhere(
@@ -395,9 +394,8 @@ class NodeDraws:
 def test_node_and_trainer_train_the_same_lora(checkpoint: Path, tmp_path: Path) -> None:
     comfy_host = load_comfy(default_models_dir())
     import comfy.sd
-
-    from tcd_train.data import prepare_image
-    from tcd_train.options import Resolution
+    from comfyui_tcd_sampling.tcd_train.data import prepare_image
+    from comfyui_tcd_sampling.tcd_train.options import Resolution
 
     folder = tmp_path / "data"
     folder.mkdir()
@@ -446,9 +444,9 @@ def test_saved_lora_loads_in_loraloader_with_no_key_dropped(checkpoint: Path, sh
     import comfy.sd
     import comfy.utils
     from comfy.weight_adapter import LoRAAdapter
+    from comfyui_tcd_sampling.tcd_comfy.lora_adapters import lora_targets
 
     from devkit.sdxl_test_model import sd15_meta_model, sdxl_meta_model
-    from tcd_train.pack import pack_module
 
     out = tmp_path / "keys"
     summary = train_here(trainer_args(checkpoint, shards, out, 1, "--max_train_steps", "1", "--validation_steps", "1",
@@ -463,11 +461,10 @@ def test_saved_lora_loads_in_loraloader_with_no_key_dropped(checkpoint: Path, sh
     assert {f"{m}.weight" for m in modules} == set(patched.patches)
     assert not _dropped_key_warnings(caplog.records)
 
-    training = pack_module("nodes.distill_training")
     for build in (sd15_meta_model, sdxl_meta_model):
         patcher, _ = build()
         layout = {}
-        for name, module in training.lora_targets(patcher.model):
+        for name, module in lora_targets(patcher.model):
             adapter = LoRAAdapter.create_train(torch.empty(1).expand(module.weight.shape), rank=1, alpha=1.0)
             layout.update({f"{name}.{p}": t for p, t in adapter.named_parameters()})  # LoraAdapters.state_dict
         key_map = comfy.lora.model_lora_keys_unet(patcher.model, {})
@@ -480,7 +477,7 @@ def test_saved_lora_loads_in_loraloader_with_no_key_dropped(checkpoint: Path, sh
 
 
 BAD_OPTIONS = [
-    ({"--w_min": "9", "--w_max": "3"}, ("--w_min 9.0 > --w_max 3.0",)),
+    ({"--w_min": "9", "--w_max": "3"}, ("--w_min: must be <= guidance_max",)),
     ({"--train_shards_path_or_url": "{shards_dir}/missing-{{0..1}}.tar"}, ("missing-0.tar does not exist",)),
     ({"--train_shards_path_or_url": "{shards_dir}/not-a-tar.tar"}, ("not-a-tar.tar is not a readable tar",)),
     ({"--resolution": "60"}, ("--resolution 60x60", "multiples of 8 pixels")),
@@ -491,7 +488,7 @@ BAD_OPTIONS = [
 @pytest.mark.parametrize(("options", "fragments"), BAD_OPTIONS)
 def test_bad_options_are_refused_before_training(options: dict, fragments: tuple, checkpoint: Path, shards: str,
                                                  test_models: dict, tmp_path: Path) -> None:  # fmt: skip
-    from tcd_train.pack import TrainerError
+    from comfyui_tcd_sampling.tcd_train.options import TrainerError
 
     shards_dir = Path(shards).parent
     (shards_dir / "not-a-tar.tar").write_bytes(b"this is not a tar file" * 40)

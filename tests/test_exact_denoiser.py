@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from comfyui_tcd_sampling import tcd_core
 from torch import Tensor
 
-import tcd_core
 from devkit.gaussian_mixture import GaussianMixture, flow_alpha, interp, ode_map, ve_alpha
 
 # Asymmetric in weights, means and stds, with mean 0 and variance exactly 1 (0.4 * (0.35^2 + 1.05^2)

@@ -264,7 +264,7 @@ def test_shape_judgement_agrees_with_comfyui_calculate_weight(
     """What the pack calls a misfit, ComfyUI's calculate_weight cannot merge (it logs and skips); the rest it merges."""
     import comfy.lora as comfy_lora  # (the fixture `comfy` is the in-process host)
 
-    lora_stack = comfy.pack_nodes.lora_stack
+    lora_stack = comfy.pack.tcd_comfy.lora_stack
     unet_sd, clip_sd = sd15.model.model.state_dict(), sd15.clip.cond_stage_model.state_dict()
     shapes = {key: value.shape for key, value in (unet_sd | clip_sd).items()}
     key_map = comfy_lora.model_lora_keys_clip(

@@ -251,8 +251,7 @@ def test_flow_model_gamma_one_equals_comfy_lcm(comfy: Comfy, sd15: SimpleNamespa
 def tcd_core_reference(space: Any) -> Any:
     """tcd_core.sample_tcd in a given noise space with ComfyUI's seeded noise, bypassing the pack's adapter."""
     from comfy.k_diffusion.sampling import default_noise_sampler
-
-    import tcd_core
+    from comfyui_tcd_sampling import tcd_core
 
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None):
         noise = default_noise_sampler(x, seed=extra_args["seed"])
@@ -262,7 +261,7 @@ def tcd_core_reference(space: Any) -> Any:
 
 
 def test_flow_model_matches_tcd_core_flow_reference(comfy: Comfy, sd15: SimpleNamespace, flow_model: Any) -> None:
-    import tcd_core
+    from comfyui_tcd_sampling import tcd_core
 
     sigmas = tcd_sigmas(comfy, flow_model)
     ours = sample_custom(comfy, sd15, tcd_sampler(comfy, 0.3), sigmas, model=flow_model)
@@ -339,7 +338,7 @@ def test_ip_adapter_style_attention_patch_runs_in_every_model_call(
 
 
 def test_matching_lora_patches_all_its_modules(comfy: Comfy, sd15: SimpleNamespace) -> None:
-    model, _, fit = comfy.pack_nodes.lora_stack.apply_lora(sd15.model, sd15.clip, TCD_LORA, 1.0)
+    model, _, fit = comfy.pack.tcd_comfy.lora_stack.apply_lora(sd15.model, sd15.clip, TCD_LORA, 1.0)
     assert fit.modules > 0 and fit.patched == fit.modules and not fit.is_partial
     assert len(model.patches) == fit.patched
 
@@ -354,8 +353,8 @@ def test_partly_fitting_lora_is_applied_with_a_warning(
     if not partial.exists():
         save_file({**load_file(test_models["lora_sdxl"]), **load_file(test_models["lora_sd15"])}, partial)
     with caplog.at_level("WARNING", logger="comfyui-tcd-sampling"):
-        _, _, fit = comfy.pack_nodes.lora_stack.apply_lora(sd15.model, sd15.clip, partial.name, 1.0)
-    _, _, full = comfy.pack_nodes.lora_stack.apply_lora(sd15.model, sd15.clip, TCD_LORA, 1.0)
+        _, _, fit = comfy.pack.tcd_comfy.lora_stack.apply_lora(sd15.model, sd15.clip, partial.name, 1.0)
+    _, _, full = comfy.pack.tcd_comfy.lora_stack.apply_lora(sd15.model, sd15.clip, TCD_LORA, 1.0)
     assert fit.is_partial and fit.patched == full.patched < fit.modules
     assert f"{fit.patched} of its {fit.modules} modules" in caplog.text
 

@@ -6,11 +6,11 @@ import itertools
 
 import pytest
 import torch
+from comfyui_tcd_sampling import tcd_core
 from diffusers import TCDScheduler
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import tcd_core
 from devkit.diffusers_reference import (
     ORIGINAL_STEPS,
     SAMPLING_GRID,

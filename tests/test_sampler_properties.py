@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from comfyui_tcd_sampling import tcd_core
+from comfyui_tcd_sampling.tcd_core import GammaSchedule, LatentForm, NoiseSpace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
-
-import tcd_core
-from tcd_core import GammaSchedule, LatentForm, NoiseSpace
 
 SPACES = {"ve": tcd_core.SD_SPACE, "flow": tcd_core.flow_space()}
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

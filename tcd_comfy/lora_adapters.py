@@ -1,0 +1,218 @@
+"""LoRA training adapters on a ModelPatcher: ComfyUI's own ``comfy.weight_adapter`` adapters added as weight
+wrappers of a clone (``ModelPatcher.add_weight_wrapper``, as ComfyUI's Train LoRA does), all behind one
+on/off switch, so that the teacher is the same network with the switch off and the base weights exist
+once in memory. The trained LoRA comes out in Train LoRA's saved-LoRA layout
+(``diffusion_model.<module>.lora_up.weight`` / ``.lora_down.weight`` / ``.alpha``)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import comfy.lora
+import comfy.lora_convert
+import torch
+from comfy.weight_adapter import LoRAAdapter
+from comfy.weight_adapter.lora import LoraDiff
+from torch import Tensor
+
+from .distill_model import input_error
+
+
+class AdapterSwitch:
+    """One on/off switch shared by every adapter of a run: off = the teacher (the base weights)."""
+
+    def __init__(self) -> None:
+        self.enabled = True
+
+    @contextlib.contextmanager
+    def off(self) -> Iterator[None]:
+        previous, self.enabled = self.enabled, False
+        try:
+            yield
+        finally:
+            self.enabled = previous
+
+
+class SwitchedAdapter:
+    """A weight wrapper (ModelPatcher.add_weight_wrapper) applying a ComfyUI training adapter when on."""
+
+    def __init__(self, adapter: LoraDiff, switch: AdapterSwitch) -> None:
+        self.adapter = adapter
+        self.switch = switch
+
+    def __call__(self, weight: Tensor) -> Tensor:
+        return self.adapter(weight) if self.switch.enabled else weight
+
+    def passive_memory_usage(self) -> int:
+        return self.adapter.passive_memory_usage()
+
+    def move_to(self, device: torch.device) -> int:
+        return self.adapter.move_to(device)
+
+
+class FreshWeight:
+    """A weight wrapper that hands autograd a normal copy of a weight made under ``torch.inference_mode``
+    (how ComfyUI loads checkpoints): norm layers save their weight for the backward pass, and inference
+    tensors cannot be saved. The LoRA layers need none: ``w + delta`` is a new tensor already."""
+
+    def __call__(self, weight: Tensor) -> Tensor:
+        return weight.clone() if weight.is_inference() else weight
+
+    def passive_memory_usage(self) -> int:
+        return 0
+
+    def move_to(self, device: torch.device) -> int:
+        return 0
+
+
+def frozen_weight_layers(base_model: Any) -> list[str]:
+    """The UNet's ComfyUI ops with a 1-D weight (the norms): frozen, but on the backward path."""
+    return [
+        name
+        for name, module in base_model.named_modules()
+        if name.startswith("diffusion_model.")
+        and hasattr(module, "weight_function")
+        and getattr(module, "weight", None) is not None
+        and module.weight.ndim < 2
+    ]
+
+
+def lora_targets(base_model: Any) -> list[tuple[str, torch.nn.Module]]:
+    """The layers a LoRA adapts: every ComfyUI op of the UNet with a 2-D or larger weight
+    (Linear and Conv, as Train LoRA chooses; norms and biases stay frozen)."""
+    targets = []
+    for name, module in base_model.named_modules():
+        if not name.startswith("diffusion_model.") or not hasattr(module, "weight_function"):
+            continue
+        weight = getattr(module, "weight", None)
+        if weight is not None and weight.ndim >= 2:
+            targets.append((name, module))
+    return targets
+
+
+def read_existing_lora(base_model: Any, lora: dict[str, Tensor]) -> dict[str, LoraDiff]:
+    """A saved LoRA (any format ComfyUI loads: kohya, diffusers/PEFT, ComfyUI's own) as training adapters,
+    keyed by module name ``diffusion_model.<...>``; conv LoRAs come back flattened to 2-D factors."""
+    key_map = comfy.lora.model_lora_keys_unet(base_model, {})
+    patches = comfy.lora.load_lora(comfy.lora_convert.convert_lora(lora), key_map, log_missing=False)
+    adapters: dict[str, LoraDiff] = {}
+    for key, patch in patches.items():
+        if not isinstance(key, str) or not key.startswith("diffusion_model.") or not key.endswith(".weight"):
+            continue
+        if not isinstance(patch, LoRAAdapter):
+            kind = getattr(patch, "name", type(patch).__name__)
+            raise input_error("existing_lora", f"it holds {kind} weights for {key}; only LoRA can be continued")
+        up, down, alpha, mid, dora_scale, reshape = patch.weights
+        if mid is not None or dora_scale is not None or reshape is not None:
+            raise input_error("existing_lora", f"its {key} is a LoCon-mid / DoRA LoRA; only plain LoRA continues")
+        rank = down.shape[0]
+        factors = (up.flatten(1).float(), down.flatten(1).float(), float(rank if alpha is None else alpha))
+        adapters[key[: -len(".weight")]] = LoraDiff((*factors, None, None, None))
+    if not adapters:
+        raise input_error("existing_lora", "it patches nothing in this model's UNet (another model family?)")
+    return adapters
+
+
+@dataclass
+class LoraAdapters:
+    """Training adapters attached to one ModelPatcher (a clone), behind one switch."""
+
+    patcher: Any
+    adapters: dict[str, LoraDiff]  # module name -> adapter
+    switch: AdapterSwitch = field(default_factory=AdapterSwitch)
+    wrappers: dict[str, Any] = field(default_factory=dict)  # parameter key "<module>.weight|bias" -> wrapper
+
+    def parameters(self) -> list[Tensor]:
+        """The trainable tensors (lora_up / lora_down), in module order."""
+        return [p for a in self.adapters.values() for p in a.parameters() if p.requires_grad]
+
+    def state_dict(self, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+        """The LoRA in ComfyUI's saved-LoRA format (Train LoRA's): ``<module>.lora_up.weight``,
+        ``<module>.lora_down.weight``, ``<module>.alpha``; detached CPU copies, in ``dtype``."""
+        out = {}
+        for name, adapter in self.adapters.items():
+            for pname, tensor in adapter.named_parameters():
+                value = tensor.detach().to("cpu", dtype if dtype is not None else tensor.dtype)
+                out[f"{name}.{pname}"] = value.clone().contiguous()
+        return out
+
+
+def attach_lora(
+    patcher: Any,
+    rank: int,
+    dtype: torch.dtype,
+    seed: int,
+    existing: dict[str, LoraDiff] | None = None,
+) -> LoraAdapters:
+    """Add a LoRA adapter to every target layer of ``patcher`` (a clone: the caller's model is untouched).
+
+    New adapters are ComfyUI's ``LoRAAdapter.create_train`` (up random, down zero: the student starts as
+    the teacher) with alpha = rank (scale 1, as diffusers' LCM-LoRA script); layers of ``existing`` continue
+    from its weights. Initialisation draws from ``seed`` without touching the global RNG.
+    """
+    existing = existing or {}
+    adapters: dict[str, LoraDiff] = {}
+    # ComfyUI runs nodes under torch.inference_mode: parameters made there would never get gradients.
+    with torch.inference_mode(False), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for name, module in lora_targets(patcher.model):
+            old = existing.get(name)
+            if old is None:
+                adapter = LoRAAdapter.create_train(module.weight, rank=rank, alpha=float(rank))
+            else:  # fresh tensors (the loaded ones may be inference tensors)
+                factors = (old.lora_up.weight.detach().clone(), old.lora_down.weight.detach().clone())
+                adapter = LoraDiff((*factors, float(old.alpha), None, None, None))
+            adapters[name] = adapter.to(device=patcher.load_device, dtype=dtype)
+    lora = LoraAdapters(patcher, adapters)
+    for name, adapter in adapters.items():
+        adapter.requires_grad_(True)
+        adapter.alpha.requires_grad_(False)
+        wrapper = SwitchedAdapter(adapter, lora.switch)
+        lora.wrappers[f"{name}.weight"] = wrapper
+    modules = dict(patcher.model.named_modules())
+    for name in frozen_weight_layers(patcher.model):
+        for param in ("weight", "bias"):
+            if getattr(modules[name], param, None) is not None:
+                lora.wrappers[f"{name}.{param}"] = FreshWeight()
+    for key, wrapper in lora.wrappers.items():
+        patcher.add_weight_wrapper(key, wrapper)
+    return lora
+
+
+def install_lora(lora: LoraAdapters) -> None:
+    """Make sure every adapter is in its layer's weight functions once the patcher is loaded.
+
+    ComfyUI installs weight wrappers when ``ModelPatcher.load`` runs, but a model already fully loaded by
+    another clone with the same weight patches (the usual case: the checkpoint just sampled) is not
+    loaded again, so the wrappers are put in place here.
+    """
+    modules = dict(lora.patcher.model.named_modules())
+    for key, wrapper in lora.wrappers.items():
+        name, param = key.rsplit(".", 1)
+        functions = f"{param}_function"  # weight_function / bias_function of a ComfyUI op
+        module = modules[name]
+        if not any(f is wrapper for f in getattr(module, functions)):
+            setattr(module, functions, [*getattr(module, functions), wrapper])
+        wrapper.move_to(lora.patcher.load_device)
+
+
+def detach_lora(lora: LoraAdapters) -> None:
+    """Remove the adapters from the patcher and from the shared modules' weight functions."""
+    patcher = lora.patcher
+    modules = dict(patcher.model.named_modules())
+    for key, wrapper in lora.wrappers.items():
+        kept = [f for f in patcher.weight_wrapper_patches.get(key, []) if f is not wrapper]
+        if kept:
+            patcher.weight_wrapper_patches[key] = kept
+        else:
+            patcher.weight_wrapper_patches.pop(key, None)
+        name, param = key.rsplit(".", 1)
+        module, functions = modules.get(name), f"{param}_function"
+        if module is not None and hasattr(module, functions):
+            setattr(module, functions, [f for f in getattr(module, functions) if f is not wrapper])
+    for adapter in lora.adapters.values():
+        adapter.requires_grad_(False)
+    lora.wrappers.clear()

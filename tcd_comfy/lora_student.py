@@ -1,0 +1,92 @@
+"""The student and the teacher of a distillation run on one ComfyUI model: a clone with LoRA training adapters,
+the student with them on, the teacher with them off (the base weights exist once in memory).
+
+Shared by the TCD Distill LoRA node (``distill_run.DistillRun``) and the ``tcd-train`` command; the step of
+training is ``tcd_core.distiller.Distiller``'s, which takes ``student``, ``teacher``, ``params`` and
+``alphas_cumprod`` from here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import comfy.model_management
+import torch
+from comfy.weight_adapter.lora import LoraDiff
+from torch import Tensor
+
+from ..tcd_core.distill import ModelFn
+from .distill_model import ModelFacts, unet_fn
+from .lora_adapters import attach_lora, detach_lora, install_lora
+from .model_loading import gradient_checkpointing, release_model, unload_clones
+
+
+class LoraStudent:
+    """A clone of ``model`` with a LoRA adapter on every target layer (``lora_adapters.attach_lora``).
+
+    Use as a context manager (or call ``close()``): on enter the clone is loaded in full (its weight
+    wrappers installed, checkpointing patched in when asked); on exit the adapters come off, checkpointing
+    is undone and the clone is unloaded, whatever happened (a Cancel included), so the input model is as
+    it was. Construct it outside ``torch.inference_mode`` (ComfyUI runs nodes inside it): its parameters
+    must be normal tensors.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        facts: ModelFacts,
+        *,
+        rank: int,
+        seed: int,
+        compute_dtype: torch.dtype,
+        lora_dtype: torch.dtype,
+        checkpointing: bool,
+        existing: dict[str, LoraDiff] | None = None,
+    ) -> None:
+        self.facts = facts
+        self.compute_dtype = compute_dtype
+        self.lora_dtype = lora_dtype
+        self.checkpointing = checkpointing
+        self.patcher = model.clone()
+        self.patcher.set_model_compute_dtype(compute_dtype)
+        self.lora = attach_lora(self.patcher, rank, lora_dtype, seed, existing)
+        self.params: list[Tensor] = self.lora.parameters()
+        self.alphas_cumprod = facts.alphas_cumprod.to(self.patcher.load_device)
+        self.student: ModelFn = unet_fn(self.patcher, compute_dtype)
+        self._stack = contextlib.ExitStack()
+        self._loaded = False
+
+    def teacher(self, x_t: Tensor, t: Tensor, conds: dict) -> Tensor:
+        """The base model: the same UNet with every adapter switched off."""
+        with self.lora.switch.off():
+            return self.student(x_t, t, conds)
+
+    def __enter__(self) -> LoraStudent:
+        self._stack.callback(self._cleanup)
+        self._stack.enter_context(torch.inference_mode(False))
+        self._stack.enter_context(gradient_checkpointing(self.patcher, self.checkpointing))
+        self.patcher.model.requires_grad_(False)
+        unload_clones(self.patcher)
+        comfy.model_management.load_models_gpu([self.patcher], memory_required=1e20, force_full_load=True)
+        self._loaded = True
+        install_lora(self.lora)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def _cleanup(self) -> None:
+        detach_lora(self.lora)
+        if self._loaded:
+            release_model(self.patcher)
+            self._loaded = False
+        for param in self.params:
+            param.grad = None
+
+    def lora_state_dict(self) -> dict[str, Tensor]:
+        """The trained LoRA (the online weights, also with an EMA target), in the LoRA dtype."""
+        return self.lora.state_dict(self.lora_dtype)
