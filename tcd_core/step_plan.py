@@ -51,10 +51,6 @@ class TCDStep:
     sigma_u: float | None = None  # order 2: the extra model call's sigma
     to_u: Move | None = None  # order 2: x -> x_u
 
-    @property
-    def is_final(self) -> bool:
-        return self.sigma_next == 0.0
-
 
 def validate_sigmas(sigmas: Tensor) -> list[float]:
     """The sigmas as Python floats, or a TCDInputError saying what is wrong with them."""

@@ -223,7 +223,6 @@ class ShardStream:
     def _raw(self) -> Iterator[dict]:
         import webdataset as wds
 
-        epoch_count = 0
         while True:
             pipeline = wds.DataPipeline(wds.SimpleShardList(self.urls), wds.tarfile_to_samples())
             empty = True
@@ -232,7 +231,6 @@ class ShardStream:
                 yield raw
             if empty:
                 raise TrainerError("--train_shards_path_or_url: the shards hold no samples")
-            epoch_count += 1
 
     def one_epoch(self) -> Iterator[Sample]:
         """Every sample once, decoded (for writing a latents cache)."""
