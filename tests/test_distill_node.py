@@ -24,7 +24,7 @@ from devkit.inprocess import Comfy, load_comfy, run_node
 from devkit.model_files import default_models_dir
 
 NODE_ID = "TrajectoryConsistencyDistillLoRA"
-CKPT = "tcd-tiny-sd15.safetensors"  # devkit.tiny_checkpoint.NAME, built into the models folder by ``tiny_ckpt``
+CKPT = "tcd-tiny-sd15.safetensors"  # devkit.tiny_checkpoint.NAME, built into the models folder by ``tiny_checkpoint``
 CONTEXT_DIM = 64
 # ComfyUI's SD1.5 UNet layout, shrunk: the same block kinds (resnets, spatial transformers, down/up samplers).
 TINY_SD15_UNET = {
@@ -421,19 +421,7 @@ def sampling_graph(server: ComfyServer) -> Graph:
     return {k: v for k, v in graph.items() if k in ("ckpt", "positive", "negative")}
 
 
-@pytest.fixture(scope="module")
-def tiny_ckpt(test_models: dict) -> str:
-    """The tiny SD1.5-family checkpoint in the server's checkpoints folder (built once, reused)."""
-    from devkit.comfy_import import import_comfyui
-    from devkit.tiny_checkpoint import NAME, build_tiny_sd15_checkpoint
-
-    import_comfyui(cpu=True)
-    build_tiny_sd15_checkpoint(default_models_dir(), test_models["checkpoint_sd15"])
-    assert NAME == CKPT
-    return NAME
-
-
-def test_trained_lora_saves_reloads_and_changes_tcd_sampling(comfy_server: ComfyServer, tiny_ckpt: str) -> None:
+def test_trained_lora_saves_reloads_and_changes_tcd_sampling(comfy_server: ComfyServer, tiny_checkpoint: str) -> None:
     server = comfy_server
     before = sampling_graph(server)
     add_sampling(before, "plain_before", ["ckpt", 0])
@@ -498,7 +486,7 @@ def test_trained_lora_saves_reloads_and_changes_tcd_sampling(comfy_server: Comfy
 
 
 def test_cancel_stops_training_within_a_step_and_the_server_keeps_serving(
-    comfy_server: ComfyServer, tiny_ckpt: str
+    comfy_server: ComfyServer, tiny_checkpoint: str
 ) -> None:
     """Cancel is checked before every step: a 100000-step run stops within a few seconds of /interrupt
     (a step of the tiny UNet takes milliseconds), saves nothing, and the server samples afterwards."""
