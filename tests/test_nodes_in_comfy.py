@@ -1,5 +1,7 @@
 """The pack's nodes inside a real ComfyUI (in process): real checkpoint loading, ModelPatcher,
-samplers, LoRA and ControlNet nodes, on random-weight SD1.5 models built with ComfyUI's classes."""
+samplers, LoRA and ControlNet nodes, on random-weight SD1.5 models built with ComfyUI's classes: the
+full-size test checkpoint where LoRAs and ControlNets must fit its layers, the tiny SD1.5-family one
+(devkit.tiny_checkpoint) where the subject is the sampling math."""
 
 from __future__ import annotations
 
@@ -31,6 +33,17 @@ def comfy(test_models: dict) -> Comfy:
 @pytest.fixture(scope="session")
 def sd15(comfy: Comfy) -> SimpleNamespace:
     model, clip, vae = run_node(comfy.node("CheckpointLoaderSimple"), ckpt_name=CKPT)
+    positive = run_node(comfy.node("CLIPTextEncode"), text="a paper cut fox", clip=clip)[0]
+    negative = run_node(comfy.node("CLIPTextEncode"), text="", clip=clip)[0]
+    latent = run_node(comfy.node("EmptyLatentImage"), width=64, height=64, batch_size=1)[0]
+    return SimpleNamespace(model=model, clip=clip, vae=vae, positive=positive, negative=negative, latent=latent)
+
+
+@pytest.fixture(scope="session")
+def tiny(comfy: Comfy, tiny_checkpoint: str) -> SimpleNamespace:
+    """The same, from the tiny SD1.5-family checkpoint (real CLIP-L and VAE, one-level UNet): for the tests of
+    sampling math, whose subject is the sampler on ComfyUI's SD1.5 model class, not the UNet's size."""
+    model, clip, vae = run_node(comfy.node("CheckpointLoaderSimple"), ckpt_name=tiny_checkpoint)
     positive = run_node(comfy.node("CLIPTextEncode"), text="a paper cut fox", clip=clip)[0]
     negative = run_node(comfy.node("CLIPTextEncode"), text="", clip=clip)[0]
     latent = run_node(comfy.node("EmptyLatentImage"), width=64, height=64, batch_size=1)[0]
@@ -107,42 +120,42 @@ def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("gamma", [0.0, 0.3, 1.0])
-def test_tcd_nodes_match_diffusers_on_the_real_model(comfy: Comfy, sd15: SimpleNamespace, gamma: float) -> None:
-    sigmas = tcd_sigmas(comfy, sd15.model)
-    ours = sample_custom(comfy, sd15, tcd_sampler(comfy, gamma), sigmas)
-    reference = sample_custom(comfy, sd15, ksampler_object(comfy, diffusers_tcd(gamma)), sigmas)
+def test_tcd_nodes_match_diffusers_on_the_real_model(comfy: Comfy, tiny: SimpleNamespace, gamma: float) -> None:
+    sigmas = tcd_sigmas(comfy, tiny.model)
+    ours = sample_custom(comfy, tiny, tcd_sampler(comfy, gamma), sigmas)
+    reference = sample_custom(comfy, tiny, ksampler_object(comfy, diffusers_tcd(gamma)), sigmas)
     assert relative_error(ours, reference) <= REFERENCE_TOLERANCE
 
 
-def test_scheduler_gives_the_reference_timesteps(comfy: Comfy, sd15: SimpleNamespace) -> None:
-    model_sampling = sd15.model.get_model_object("model_sampling")
-    sigmas = tcd_sigmas(comfy, sd15.model)
+def test_scheduler_gives_the_reference_timesteps(comfy: Comfy, tiny: SimpleNamespace) -> None:
+    model_sampling = tiny.model.get_model_object("model_sampling")
+    sigmas = tcd_sigmas(comfy, tiny.model)
     assert model_sampling.timestep(sigmas[:-1]).tolist() == [999, 759, 499, 259]
     assert sigmas[-1] == 0
-    img2img = tcd_sigmas(comfy, sd15.model, strength=0.5)
+    img2img = tcd_sigmas(comfy, tiny.model, strength=0.5)
     assert model_sampling.timestep(img2img[:-1]).tolist() == [499, 379, 259, 139]
 
 
-def test_ksampler_tcd_equals_sampler_custom(comfy: Comfy, sd15: SimpleNamespace) -> None:
+def test_ksampler_tcd_equals_sampler_custom(comfy: Comfy, tiny: SimpleNamespace) -> None:
     ksampler = run_node(
-        comfy.node("KSampler"), model=sd15.model, seed=SEED, steps=4, cfg=1.0, sampler_name="tcd", scheduler="tcd",
-        positive=sd15.positive, negative=sd15.negative, latent_image=sd15.latent, denoise=1.0,
+        comfy.node("KSampler"), model=tiny.model, seed=SEED, steps=4, cfg=1.0, sampler_name="tcd", scheduler="tcd",
+        positive=tiny.positive, negative=tiny.negative, latent_image=tiny.latent, denoise=1.0,
     )[0]["samples"]  # fmt: skip
     custom = run_node(
-        comfy.node("SamplerCustom"), model=sd15.model, add_noise=True, noise_seed=SEED, cfg=1.0,
-        positive=sd15.positive, negative=sd15.negative, sampler=tcd_sampler(comfy, 0.3),
-        sigmas=tcd_sigmas(comfy, sd15.model), latent_image=sd15.latent,
+        comfy.node("SamplerCustom"), model=tiny.model, add_noise=True, noise_seed=SEED, cfg=1.0,
+        positive=tiny.positive, negative=tiny.negative, sampler=tcd_sampler(comfy, 0.3),
+        sigmas=tcd_sigmas(comfy, tiny.model), latent_image=tiny.latent,
     )[0]["samples"]  # fmt: skip
     assert torch.equal(ksampler, custom)
 
 
-def test_ksampler_denoise_below_one_with_tcd_scheduler(comfy: Comfy, sd15: SimpleNamespace) -> None:
-    start = sample_custom(comfy, sd15, tcd_sampler(comfy), tcd_sigmas(comfy, sd15.model))
+def test_ksampler_denoise_below_one_with_tcd_scheduler(comfy: Comfy, tiny: SimpleNamespace) -> None:
+    start = sample_custom(comfy, tiny, tcd_sampler(comfy), tcd_sigmas(comfy, tiny.model))
     image = {"samples": start}
     for denoise in (0.5, 0.05):  # 8 and 80 schedule steps: the second grows past the 50-point grid
         out = run_node(
-            comfy.node("KSampler"), model=sd15.model, seed=SEED, steps=4, cfg=1.0, sampler_name="tcd",
-            scheduler="tcd", positive=sd15.positive, negative=sd15.negative, latent_image=image, denoise=denoise,
+            comfy.node("KSampler"), model=tiny.model, seed=SEED, steps=4, cfg=1.0, sampler_name="tcd",
+            scheduler="tcd", positive=tiny.positive, negative=tiny.negative, latent_image=image, denoise=denoise,
         )[0]["samples"]  # fmt: skip
         assert torch.isfinite(out).all()
         assert not torch.equal(out, start)
@@ -185,65 +198,65 @@ def test_another_packs_tcd_registration_is_kept(comfy: Comfy, caplog: pytest.Log
         samplers.SCHEDULER_HANDLERS["tcd"] = ours_scheduler
 
 
-def test_seed_reproduces_and_another_seed_differs(comfy: Comfy, sd15: SimpleNamespace) -> None:
-    sigmas = tcd_sigmas(comfy, sd15.model)
-    first = sample_custom(comfy, sd15, tcd_sampler(comfy), sigmas)
-    again = sample_custom(comfy, sd15, tcd_sampler(comfy), sigmas)
-    other = sample_custom(comfy, sd15, tcd_sampler(comfy), sigmas, seed=SEED + 1)
+def test_seed_reproduces_and_another_seed_differs(comfy: Comfy, tiny: SimpleNamespace) -> None:
+    sigmas = tcd_sigmas(comfy, tiny.model)
+    first = sample_custom(comfy, tiny, tcd_sampler(comfy), sigmas)
+    again = sample_custom(comfy, tiny, tcd_sampler(comfy), sigmas)
+    other = sample_custom(comfy, tiny, tcd_sampler(comfy), sigmas, seed=SEED + 1)
     assert torch.equal(first, again)
     assert not torch.allclose(first, other)
 
 
-def test_gamma_zero_equals_comfy_euler_before_the_last_step(comfy: Comfy, sd15: SimpleNamespace) -> None:
+def test_gamma_zero_equals_comfy_euler_before_the_last_step(comfy: Comfy, tiny: SimpleNamespace) -> None:
     """gamma = 0 is DDIM, which in ComfyUI's VE form is exactly its Euler step (the last step differs by design)."""
-    sigmas = tcd_sigmas(comfy, sd15.model)[:-1]
-    ours = sample_custom(comfy, sd15, tcd_sampler(comfy, 0.0), sigmas)
-    euler = sample_custom(comfy, sd15, run_node(comfy.node("KSamplerSelect"), sampler_name="euler")[0], sigmas)
+    sigmas = tcd_sigmas(comfy, tiny.model)[:-1]
+    ours = sample_custom(comfy, tiny, tcd_sampler(comfy, 0.0), sigmas)
+    euler = sample_custom(comfy, tiny, run_node(comfy.node("KSamplerSelect"), sampler_name="euler")[0], sigmas)
     assert relative_error(ours, euler) <= 1e-5
 
 
 # --- other model families -----------------------------------------------------------------------------
 
 
-def test_v_prediction_model_matches_diffusers(comfy: Comfy, sd15: SimpleNamespace) -> None:
-    v_model = run_node(comfy.node("ModelSamplingDiscrete"), model=sd15.model, sampling="v_prediction", zsnr=False)[0]
+def test_v_prediction_model_matches_diffusers(comfy: Comfy, tiny: SimpleNamespace) -> None:
+    v_model = run_node(comfy.node("ModelSamplingDiscrete"), model=tiny.model, sampling="v_prediction", zsnr=False)[0]
     sigmas = tcd_sigmas(comfy, v_model)
-    ours = sample_custom(comfy, sd15, tcd_sampler(comfy, 0.3), sigmas, model=v_model)
-    reference = sample_custom(comfy, sd15, ksampler_object(comfy, diffusers_tcd(0.3, "v_prediction")), sigmas,
+    ours = sample_custom(comfy, tiny, tcd_sampler(comfy, 0.3), sigmas, model=v_model)
+    reference = sample_custom(comfy, tiny, ksampler_object(comfy, diffusers_tcd(0.3, "v_prediction")), sigmas,
                               model=v_model)  # fmt: skip
     assert relative_error(ours, reference) <= REFERENCE_TOLERANCE
-    assert not torch.allclose(ours, sample_custom(comfy, sd15, tcd_sampler(comfy, 0.3), sigmas))
+    assert not torch.allclose(ours, sample_custom(comfy, tiny, tcd_sampler(comfy, 0.3), sigmas))
 
 
-def test_zero_terminal_snr_model_samples(comfy: Comfy, sd15: SimpleNamespace) -> None:
-    zsnr = run_node(comfy.node("ModelSamplingDiscrete"), model=sd15.model, sampling="v_prediction", zsnr=True)[0]
+def test_zero_terminal_snr_model_samples(comfy: Comfy, tiny: SimpleNamespace) -> None:
+    zsnr = run_node(comfy.node("ModelSamplingDiscrete"), model=tiny.model, sampling="v_prediction", zsnr=True)[0]
     sigmas = tcd_sigmas(comfy, zsnr)
     assert sigmas[0] > 1000  # the terminal sigma of a zero-terminal-SNR schedule
-    out = sample_custom(comfy, sd15, tcd_sampler(comfy, 0.3), sigmas, model=zsnr)
+    out = sample_custom(comfy, tiny, tcd_sampler(comfy, 0.3), sigmas, model=zsnr)
     assert torch.isfinite(out).all()
 
 
 @pytest.fixture(scope="module")
-def flow_model(comfy: Comfy, sd15: SimpleNamespace) -> Any:
+def flow_model(comfy: Comfy, tiny: SimpleNamespace) -> Any:
     """The SD1.5 UNet under an SD3-kind flow ModelSampling patch (CONST, shift 3)."""
-    return run_node(comfy.node("ModelSamplingSD3"), model=sd15.model, shift=3.0)[0]
+    return run_node(comfy.node("ModelSamplingSD3"), model=tiny.model, shift=3.0)[0]
 
 
-def test_flow_model_gamma_zero_equals_comfy_euler(comfy: Comfy, sd15: SimpleNamespace, flow_model: Any) -> None:
+def test_flow_model_gamma_zero_equals_comfy_euler(comfy: Comfy, tiny: SimpleNamespace, flow_model: Any) -> None:
     """In flow form, TCD with gamma = 0 is the flow DDIM step, i.e. ComfyUI's Euler, last step included."""
     sigmas = tcd_sigmas(comfy, flow_model)
     assert sigmas[0] == 1.0
-    ours = sample_custom(comfy, sd15, tcd_sampler(comfy, 0.0), sigmas, model=flow_model)
-    euler = sample_custom(comfy, sd15, run_node(comfy.node("KSamplerSelect"), sampler_name="euler")[0], sigmas,
+    ours = sample_custom(comfy, tiny, tcd_sampler(comfy, 0.0), sigmas, model=flow_model)
+    euler = sample_custom(comfy, tiny, run_node(comfy.node("KSamplerSelect"), sampler_name="euler")[0], sigmas,
                           model=flow_model)  # fmt: skip
     assert relative_error(ours, euler) <= 1e-5
 
 
-def test_flow_model_gamma_one_equals_comfy_lcm(comfy: Comfy, sd15: SimpleNamespace, flow_model: Any) -> None:
+def test_flow_model_gamma_one_equals_comfy_lcm(comfy: Comfy, tiny: SimpleNamespace, flow_model: Any) -> None:
     """gamma = 1 denoises to s = 0 and renoises: ComfyUI's lcm sampler, with the same seeded noise."""
     sigmas = tcd_sigmas(comfy, flow_model)
-    ours = sample_custom(comfy, sd15, tcd_sampler(comfy, 1.0), sigmas, model=flow_model)
-    lcm = sample_custom(comfy, sd15, run_node(comfy.node("KSamplerSelect"), sampler_name="lcm")[0], sigmas,
+    ours = sample_custom(comfy, tiny, tcd_sampler(comfy, 1.0), sigmas, model=flow_model)
+    lcm = sample_custom(comfy, tiny, run_node(comfy.node("KSamplerSelect"), sampler_name="lcm")[0], sigmas,
                         model=flow_model)  # fmt: skip
     assert relative_error(ours, lcm) <= 1e-5
 
@@ -260,15 +273,15 @@ def tcd_core_reference(space: Any) -> Any:
     return sample
 
 
-def test_flow_model_matches_tcd_core_flow_reference(comfy: Comfy, sd15: SimpleNamespace, flow_model: Any) -> None:
+def test_flow_model_matches_tcd_core_flow_reference(comfy: Comfy, tiny: SimpleNamespace, flow_model: Any) -> None:
     from comfyui_tcd_sampling import tcd_core
 
     sigmas = tcd_sigmas(comfy, flow_model)
-    ours = sample_custom(comfy, sd15, tcd_sampler(comfy, 0.3), sigmas, model=flow_model)
-    flow = sample_custom(comfy, sd15, ksampler_object(comfy, tcd_core_reference(tcd_core.flow_space())), sigmas,
+    ours = sample_custom(comfy, tiny, tcd_sampler(comfy, 0.3), sigmas, model=flow_model)
+    flow = sample_custom(comfy, tiny, ksampler_object(comfy, tcd_core_reference(tcd_core.flow_space())), sigmas,
                          model=flow_model)  # fmt: skip
     assert relative_error(ours, flow) <= 1e-6
-    wrong = sample_custom(comfy, sd15, ksampler_object(comfy, tcd_core_reference(tcd_core.SD_SPACE)), sigmas,
+    wrong = sample_custom(comfy, tiny, ksampler_object(comfy, tcd_core_reference(tcd_core.SD_SPACE)), sigmas,
                           model=flow_model)  # fmt: skip
     assert relative_error(ours, wrong) > 1e-3
 
@@ -307,7 +320,7 @@ def test_controlnet_changes_the_output(comfy: Comfy, sd15: SimpleNamespace) -> N
 
 @pytest.mark.parametrize("order", [1, 2])
 def test_ip_adapter_style_attention_patch_runs_in_every_model_call(
-    comfy: Comfy, sd15: SimpleNamespace, order: int
+    comfy: Comfy, tiny: SimpleNamespace, order: int
 ) -> None:
     """IP-Adapter replaces cross-attention (attn2) per block; the patch must act at every model call."""
     from comfy.ldm.modules.attention import optimized_attention
@@ -318,7 +331,7 @@ def test_ip_adapter_style_attention_patch_runs_in_every_model_call(
         seen_sigmas.append(float(extra_options["sigmas"][0]))
         return optimized_attention(q, k, v, extra_options["n_heads"]) * 1.5  # visibly changes the output
 
-    patched = sd15.model.clone()
+    patched = tiny.model.clone()
     patched.set_model_attn2_replace(attn2_replace, "middle", 0)
     calls: list[float] = []
 
@@ -327,11 +340,11 @@ def test_ip_adapter_style_attention_patch_runs_in_every_model_call(
         return apply_model(args["input"], args["timestep"], **args["c"])
 
     patched.set_model_unet_function_wrapper(count_calls)
-    sigmas = tcd_sigmas(comfy, sd15.model)
-    out = sample_custom(comfy, sd15, tcd_sampler(comfy, order=order), sigmas, model=patched)
+    sigmas = tcd_sigmas(comfy, tiny.model)
+    out = sample_custom(comfy, tiny, tcd_sampler(comfy, order=order), sigmas, model=patched)
     assert len(calls) == 4 * order
     assert len(seen_sigmas) == len(calls)  # the middle block has one transformer: one patch call per model call
-    assert relative_error(out, sample_custom(comfy, sd15, tcd_sampler(comfy, order=order), sigmas)) > 1e-3
+    assert relative_error(out, sample_custom(comfy, tiny, tcd_sampler(comfy, order=order), sigmas)) > 1e-3
 
 
 # --- the LoRA loader ----------------------------------------------------------------------------------
