@@ -23,6 +23,28 @@ def _table(rows: list[dict], teacher: str, entries: list[tuple[str, str]], steps
     return lines
 
 
+def _sensitivity(result: dict, teacher: str, steps: list[int]) -> list[str]:
+    """Seed-0 students at other learning rates next to the default ones (FD ref; not judged)."""
+    extra = [s for s in result["students"] if s["teacher"] == teacher and s.get("lr")]
+    if not extra:
+        return []
+    seeds = sorted({s["seed"] for s in extra})
+    rows = [r for r in result["rows"] if r["seed"] in seeds]
+    samplers = {"tcd": [c.label for c in TCD_SAMPLERS], "lcm": [c.label for c in LCM_SAMPLERS]}
+    entries = []
+    for student in [s for s in result["students"] if s["teacher"] == teacher and s["seed"] in seeds]:
+        entries += [(student.get("label", student["method"]), label) for label in samplers[student["method"]]]
+    lines = [
+        "",
+        f"### Sensitivity: the node's learning rate (seed {', '.join(map(str, seeds))}; not judged)",
+        "",
+        "FD to the teacher's reference; `tcd` / `lcm` = the node's default learning rate (1e-4).",
+        "",
+    ]
+    lines += _table(rows, teacher, list(dict.fromkeys(entries)), steps, "fd_ref")
+    return lines
+
+
 def plot_losses(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -110,6 +132,7 @@ def markdown(result: dict, command: str, plot_name: str) -> str:
         lines += ["", "### Targets", ""]
         for v in judge(rows, name, tuple(steps), ref_steps):
             lines.append(f"- ({v.target}) {v.steps} steps: **{'met' if v.passed else 'MISSED'}**: {v.detail}")
+        lines += _sensitivity(result, name, steps)
     lines += [
         "",
         "Targets: " + "; ".join(f"({k}) {text}" for k, text in TARGET_TEXT.items()) + ".",

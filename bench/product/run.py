@@ -114,23 +114,29 @@ def run(plan: Plan, log: Any = print) -> dict:
             for conf in CONTROL_SAMPLERS:  # the students' samplers on the teacher itself (no LoRA) at CFG 1
                 for steps in plan.step_counts:
                     cell(teacher, "no-lora", spec.key(), conf, steps, 1.0, seed)
-            for method, samplers in (("tcd", TCD_SAMPLERS), ("lcm", LCM_SAMPLERS)):
-                sspec = StudentSpec(method, plan.student_steps, plan.student_batch, seed, GUIDANCE_W)
-                lora, sinfo = distill(host, teacher, spec.key(), prompts, sspec, log)
-                out["students"].append(
-                    {
-                        "teacher": spec.name,
-                        "method": method,
-                        "seed": seed,
-                        "seconds": sinfo["seconds"],
-                        "loss": sinfo["loss"],
-                        "update": lora_update(teacher, lora),
-                    }
-                )
-                model = student_model(teacher, lora)
-                model_key = [spec.key(), asdict(sspec), sinfo["widgets"]]
-                for conf in samplers:
-                    for steps in plan.step_counts:
-                        cell(model, method, model_key, conf, steps, 1.0, seed)
+            lrs = [None, *(plan.sensitivity_lrs if seed in plan.sensitivity_seeds else ())]
+            for lr in lrs:
+                for method, samplers in (("tcd", TCD_SAMPLERS), ("lcm", LCM_SAMPLERS)):
+                    sspec = StudentSpec(
+                        method, plan.student_steps, plan.student_batch, seed, GUIDANCE_W, learning_rate=lr
+                    )
+                    lora, sinfo = distill(host, teacher, spec.key(), prompts, sspec, log)
+                    out["students"].append(
+                        {
+                            "teacher": spec.name,
+                            "method": method,
+                            "label": sspec.label,
+                            "lr": lr,
+                            "seed": seed,
+                            "seconds": sinfo["seconds"],
+                            "loss": sinfo["loss"],
+                            "update": lora_update(teacher, lora),
+                        }
+                    )
+                    model = student_model(teacher, lora)
+                    model_key = [spec.key(), sspec.key_fields(), sinfo["widgets"]]
+                    for conf in samplers:
+                        for steps in plan.step_counts:
+                            cell(model, sspec.label, model_key, conf, steps, 1.0, seed)
     out["seconds"] = time.time() - start
     return out

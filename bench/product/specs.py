@@ -20,6 +20,8 @@ class Plan:
     n_reference: int  # teacher 50-step reference samples
     step_counts: tuple[int, ...] = (1, 2, 4, 8)
     reference_steps: int = 50
+    sensitivity_lrs: tuple[float, ...] = ()  # extra students at these learning rates (not judged)
+    sensitivity_seeds: tuple[int, ...] = (0,)
 
 
 FULL = Plan(
@@ -32,6 +34,7 @@ FULL = Plan(
     student_batch=16,
     n_eval=400,
     n_reference=800,
+    sensitivity_lrs=(1e-3,),
 )
 QUICK = Plan(
     teachers=(TeacherSpec("quick", model_channels=32, iterations=150),),

@@ -29,6 +29,18 @@ class StudentSpec:
     guidance: float  # LCM's w: guidance_min = guidance_max = w (the teacher's CFG is w + 1)
     training_dtype: str = "fp32"
     gradient_checkpointing: bool = False  # memory only: off, it saves the recompute on this CPU
+    learning_rate: float | None = None  # None: the node's default (the sensitivity runs set it)
+
+    def key_fields(self) -> dict:
+        """The fields that name this student in the caches (learning_rate only when set)."""
+        fields = asdict(self)
+        if self.learning_rate is None:
+            del fields["learning_rate"]
+        return fields
+
+    @property
+    def label(self) -> str:
+        return self.method if self.learning_rate is None else f"{self.method} lr {self.learning_rate:g}"
 
     def widgets(self, node: Any) -> dict:
         """The node's widget values: its defaults (from its schema), then this spec's."""
@@ -42,6 +54,8 @@ class StudentSpec:
             {k: spec[k] for k in ("method", "steps", "batch_size", "seed", "training_dtype", "gradient_checkpointing")}
         )
         values["guidance_min"] = values["guidance_max"] = self.guidance
+        if self.learning_rate is not None:
+            values["learning_rate"] = self.learning_rate
         return values
 
 
@@ -54,7 +68,7 @@ def distill(
     node = host.node(NODE_ID)
     widgets = spec.widgets(node)
     key = digest([teacher_key, widgets, "digits-train-v1"])
-    path = cache_dir() / f"student-{spec.method}-s{spec.seed}-{key}"
+    path = cache_dir() / f"student-{spec.label.replace(' ', '-')}-s{spec.seed}-{key}"
     if path.with_suffix(".safetensors").exists():
         lora = comfy.utils.load_torch_file(str(path.with_suffix(".safetensors")))
         return lora, json.loads(path.with_suffix(".json").read_text())
@@ -75,7 +89,7 @@ def distill(
     info = {"seconds": seconds, "loss": [float(v) for v in loss_map["loss"]], "steps": int(steps), "widgets": widgets}
     comfy.utils.save_torch_file({k: v.contiguous() for k, v in lora.items()}, str(path.with_suffix(".safetensors")))
     path.with_suffix(".json").write_text(json.dumps(info, default=str))
-    log(f"  distilled {spec.method} seed {spec.seed} in {seconds:.0f}s, last loss {info['loss'][-1]:.5f}")
+    log(f"  distilled {spec.label} seed {spec.seed} in {seconds:.0f}s, last loss {info['loss'][-1]:.5f}")
     return lora, info
 
 
