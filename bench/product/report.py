@@ -101,6 +101,10 @@ def markdown(result: dict, command: str, plot_name: str) -> str:
         "classified as the conditioned class. Cells: **3-seed mean** (seed 0 / 1 / 2). Rows `no-lora`: the "
         "students' samplers on the teacher itself at CFG 1 (what the LoRA changed).",
         "",
+        "The node's training path agrees with ComfyUI's sampling path on the same tensors (timestep / sigma, "
+        "the guided teacher step, the TCD step): `python -m bench.product.checks`, output in "
+        "[product_checks.txt](product_checks.txt).",
+        "",
         "## Teachers",
         "",
         "| teacher | how trained | training time | final loss |",
