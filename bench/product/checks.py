@@ -142,7 +142,7 @@ def check_lora_init(host) -> None:
             before = (up @ down).detach().clone()
             (up @ down * grad).sum().backward()
             opt.step()
-            sizes.append(float((up @ down - before).norm()) / (1e-4 * math.sqrt(grad.numel())))
+            sizes.append(float((up @ down - before).detach().norm()) / (1e-4 * math.sqrt(grad.numel())))
         print(
             f"   {label:26s}: ComfyUI init {sizes[0]:.3f}, PEFT init {sizes[1]:.3f}, ratio {sizes[0] / sizes[1]:.1f}x"
         )
