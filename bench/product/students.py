@@ -68,7 +68,8 @@ def distill(
     node = host.node(NODE_ID)
     widgets = spec.widgets(node)
     key = digest([teacher_key, widgets, "digits-train-v1"])
-    path = cache_dir() / f"student-{spec.label.replace(' ', '-')}-s{spec.seed}-{key}"
+    stem = f"student-{spec.method}-s{spec.seed}-{key}"  # no dots: the suffixes below replace what follows one
+    path = cache_dir() / stem
     if path.with_suffix(".safetensors").exists():
         lora = comfy.utils.load_torch_file(str(path.with_suffix(".safetensors")))
         return lora, json.loads(path.with_suffix(".json").read_text())
