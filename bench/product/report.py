@@ -83,8 +83,8 @@ def markdown(result: dict, command: str, plot_name: str) -> str:
     lines = [
         "# Product distillation benchmark (bench/product)",
         "",
-        f"Made by `{command}` in {result['seconds'] / 60:.1f} min (teachers' training not included when cached; "
-        "see Timings).",
+        f"Made by `{command}`; this invocation ran {result['seconds'] / 60:.1f} min, reusing what earlier "
+        "invocations trained and scored (cached under $TCD_DEV_DIR/bench-product/; training times below).",
         "",
         "ComfyUI's SD1.5 UNet class (scaled down) as the teacher, trained on scikit-learn's 8x8 digits as "
         "[4, 8, 8] latents (2x nearest upsampling, pixel unshuffle; decoded by the exact left inverse), "
@@ -150,7 +150,7 @@ def markdown(result: dict, command: str, plot_name: str) -> str:
     ]
     for s in result["students"]:
         lines.append(
-            f"- student {s['teacher']} {s['method']} seed {s['seed']}: {s['seconds']:.0f} s "
+            f"- student {s['teacher']} {s.get('label', s['method'])} seed {s['seed']}: {s['seconds']:.0f} s "
             f"({len(s['loss'])} node steps), loss first 20 mean {sum(s['loss'][:20]) / 20:.5f}, "
             f"last 20 mean {sum(s['loss'][-20:]) / 20:.5f}, LoRA size ||dW|| / ||W|| {s['update']:.4f}"
         )
