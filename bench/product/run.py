@@ -1,0 +1,142 @@
+"""Train what is missing, sample every cell through ComfyUI, score it (scores cached by their settings)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from .data import balanced_labels, load_digits
+from .env import cache_dir, comfy, digest
+from .metrics import Scorer, train_classifier
+from .sampling import (
+    CONTROL_SAMPLERS,
+    LCM_SAMPLERS,
+    REFERENCE_SAMPLER,
+    TCD_SAMPLERS,
+    TEACHER_SAMPLERS,
+    SamplerConfig,
+    sample,
+)
+from .specs import GUIDANCE_W, Plan
+from .students import StudentSpec, distill, lora_update, student_model
+from .teacher import load_teacher
+
+SCORE_VERSION = "v1"  # bump when the scoring rule changes
+REFERENCE_SEED = 99
+
+
+def sampling_seed(seed: int) -> int:
+    return 1000 + seed
+
+
+class ScoreCache:
+    """Scores keyed by a digest of everything that made them, in one JSON file per teacher."""
+
+    def __init__(self, name: str) -> None:
+        self.path = cache_dir() / f"scores-{name}.json"
+        self.data: dict[str, dict] = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def get(self, key: Any, compute: Any) -> dict:
+        k = digest([SCORE_VERSION, key])
+        if k not in self.data:
+            self.data[k] = compute()
+            self.path.write_text(json.dumps(self.data))
+        return self.data[k]
+
+
+def run(plan: Plan, log: Any = print) -> dict:
+    """Every number of the report, as a JSON-able dict."""
+    start = time.time()
+    host = comfy()
+    digits = load_digits()
+    classifier = train_classifier(digits)
+    cfg = GUIDANCE_W + 1.0
+    labels = balanced_labels(plan.n_eval)
+    out: dict = {"plan": asdict(plan), "guidance_w": GUIDANCE_W, "cfg": cfg, "teachers": [], "rows": [], "students": []}
+    for spec in plan.teachers:
+        teacher, prompts, tinfo = load_teacher(spec, log)
+        out["teachers"].append({"name": spec.name, "describe": spec.describe(), "key": spec.key(), **tinfo})
+        ref_key = [spec.key(), plan.reference_steps, plan.n_reference, cfg, REFERENCE_SEED]
+        ref_path = cache_dir() / f"reference-{spec.name}-{digest(ref_key)}.pt"
+        if ref_path.exists():
+            reference = torch.load(ref_path, weights_only=True)
+        else:
+            log(
+                f"teacher {spec.name}: {plan.reference_steps}-step reference, {plan.n_reference} samples at CFG {cfg:g}"
+            )
+            ref_labels = balanced_labels(plan.n_reference)
+            reference = sample(
+                host, teacher, REFERENCE_SAMPLER, plan.reference_steps, cfg, ref_labels, prompts, REFERENCE_SEED
+            )
+            torch.save(reference, ref_path)
+        scorer = Scorer(digits, classifier, reference)
+        cache = ScoreCache(f"{spec.name}-{spec.key()}")
+
+        def cell(
+            model: Any,
+            who: str,
+            model_key: Any,
+            conf: SamplerConfig,
+            steps: int,
+            cfg_: float,
+            seed: int,
+            spec_name: str = spec.name,
+            scorer: Scorer = scorer,
+            cache: ScoreCache = cache,
+            prompts: Any = prompts,
+            ref_key: Any = ref_key,
+        ) -> None:
+            key = [model_key, asdict(conf), steps, cfg_, sampling_seed(seed), plan.n_eval, ref_key]
+
+            def compute() -> dict:
+                t0 = time.time()
+                x = sample(host, model, conf, steps, cfg_, labels, prompts, sampling_seed(seed))
+                return {**scorer(x, labels), "seconds": time.time() - t0}
+
+            scores = cache.get(key, compute)
+            out["rows"].append(
+                {"teacher": spec_name, "who": who, "sampler": conf.label, "steps": steps, "seed": seed, **scores}
+            )
+            log(
+                f"  {spec_name} seed {seed} {who:7s} {conf.label:20s} {steps:2d} steps: FD ref {scores['fd_ref']:7.2f}"
+                f"  FD held-out {scores['fd_test']:7.2f}  acc {scores['acc']:.3f}"
+            )
+
+        for seed in plan.seeds:
+            for conf in TEACHER_SAMPLERS:
+                for steps in plan.step_counts:
+                    cell(teacher, "teacher", spec.key(), conf, steps, cfg, seed)
+            cell(teacher, "teacher", spec.key(), REFERENCE_SAMPLER, plan.reference_steps, cfg, seed)
+            for conf in CONTROL_SAMPLERS:  # the students' samplers on the teacher itself (no LoRA) at CFG 1
+                for steps in plan.step_counts:
+                    cell(teacher, "no-lora", spec.key(), conf, steps, 1.0, seed)
+            lrs = [None, *(plan.sensitivity_lrs if seed in plan.sensitivity_seeds else ())]
+            for lr in lrs:
+                for method, samplers in (("tcd", TCD_SAMPLERS), ("lcm", LCM_SAMPLERS)):
+                    sspec = StudentSpec(
+                        method, plan.student_steps, plan.student_batch, seed, GUIDANCE_W, learning_rate=lr
+                    )
+                    lora, sinfo = distill(host, teacher, spec.key(), prompts, sspec, log)
+                    out["students"].append(
+                        {
+                            "teacher": spec.name,
+                            "method": method,
+                            "label": sspec.label,
+                            "lr": lr,
+                            "seed": seed,
+                            "seconds": sinfo["seconds"],
+                            "loss": sinfo["loss"],
+                            "update": lora_update(teacher, lora),
+                        }
+                    )
+                    model = student_model(teacher, lora)
+                    model_key = [spec.key(), sspec.key_fields(), sinfo["widgets"]]
+                    for conf in samplers:
+                        for steps in plan.step_counts:
+                            cell(model, sspec.label, model_key, conf, steps, 1.0, seed)
+    out["seconds"] = time.time() - start
+    return out

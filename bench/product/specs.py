@@ -1,0 +1,48 @@
+"""The benchmark's sizes: the full run and --quick."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .teacher import TeacherSpec
+
+GUIDANCE_W = 2.0
+"""The distilled guidance: LCM's w = 2 (guidance_min = guidance_max = 2), i.e. the teacher's CFG 3."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    teachers: tuple[TeacherSpec, ...]
+    seeds: tuple[int, ...]
+    student_steps: int
+    student_batch: int
+    n_eval: int  # samples per evaluation, class-balanced
+    n_reference: int  # teacher 50-step reference samples
+    step_counts: tuple[int, ...] = (1, 2, 4, 8)
+    reference_steps: int = 50
+    sensitivity_lrs: tuple[float, ...] = ()  # extra students at these learning rates (not judged)
+    sensitivity_seeds: tuple[int, ...] = (0,)
+
+
+FULL = Plan(
+    teachers=(
+        TeacherSpec("small", model_channels=32, iterations=800),
+        TeacherSpec("base", model_channels=32, iterations=2500),
+    ),
+    seeds=(0, 1, 2),
+    student_steps=400,
+    student_batch=16,
+    n_eval=400,
+    n_reference=800,
+    sensitivity_lrs=(1e-3,),
+)
+QUICK = Plan(
+    teachers=(TeacherSpec("quick", model_channels=32, iterations=150),),
+    seeds=(0,),
+    student_steps=12,
+    student_batch=8,
+    n_eval=100,
+    n_reference=200,
+    step_counts=(1, 2, 4),
+    reference_steps=20,
+)
