@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 
 import torch
@@ -51,11 +50,11 @@ def check_teacher_step(host, patcher, training, prompts) -> None:
     import comfy.sample
     import comfy.samplers
 
-    distill = importlib.import_module(host.pack_nodes.__name__.rsplit(".", 1)[0] + ".tcd_core.distill")
+    distill = host.pack.tcd_core.distill
     ms = patcher.get_model_object("model_sampling")
     abar = alphas_cumprod(patcher)
     unet = training.unet_fn(patcher, torch.float32)
-    config = distill.DistillConfig(guidance_min=2.0, guidance_max=2.0).validate()
+    config = distill.DistillConfig(guidance_min=2.0, guidance_max=2.0)
     gen = torch.Generator().manual_seed(1)
     print("2. training's guided DDIM step (w 2) vs ComfyUI's ddim sampler (CFG 3), one step t_start -> t_prev:")
     for index in (10, 30, 48):
@@ -151,7 +150,7 @@ def check_lora_init(host) -> None:
 def main() -> None:
     threads()
     host = load_host()
-    training = importlib.import_module(host.pack_nodes.__name__ + ".distill_training")
+    training = host.pack.tcd_comfy.distill_model  # the node's UNet call (unet_fn)
     patcher, prompts, _ = load_teacher(FULL.teachers[0])
     import comfy.model_management
 
