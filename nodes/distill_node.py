@@ -26,7 +26,7 @@ from ..tcd_comfy.distill_run import DistillRun
 from ..tcd_comfy.lora_adapters import read_existing_lora
 from ..tcd_comfy.lora_stack import NONE, read_lora
 from ..tcd_core.distill import DistillConfig
-from ..tcd_core.distiller import TrainSettings
+from ..tcd_core.distiller import TrainingDiverged, TrainSettings
 from ..tcd_core.errors import TCDInputError
 from ..tcd_core.settings import settings_of
 from .setting_inputs import setting_inputs
@@ -161,7 +161,12 @@ class TCDDistillLoRA(io.ComfyNode):
             bar = trange(settings.steps, desc="TCD distillation", disable=not comfy.utils.PROGRESS_BAR_ENABLED)
             for step in bar:
                 comfy.model_management.throw_exception_if_processing_interrupted()
-                loss = run.step()
+                try:
+                    loss = run.step()
+                except TrainingDiverged as error:  # nothing is returned, so nothing non-finite can be saved
+                    raise RuntimeError(
+                        f"{NODE_NAME}: {error}. No LoRA was returned: lower learning_rate, or use training_dtype fp32"
+                    ) from None
                 losses.append(loss)
                 bar.set_postfix({"loss": f"{loss:.4f}"})
                 ui_bar.update_absolute(step + 1)

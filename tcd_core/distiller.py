@@ -16,6 +16,7 @@ gradient clipping). ``TrainSettings`` are the optimisation settings the node and
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -27,7 +28,16 @@ from torch import Tensor
 from .distill import EMA, DistillConfig, ModelFn, TrainingPoints, distill_loss, draw_training_points
 from .settings import check_fields, setting
 
-__all__ = ["DTYPES", "OPTIMIZERS", "DistillBatch", "Distiller", "StepHooks", "TrainSettings", "make_optimizer"]
+__all__ = [
+    "DTYPES",
+    "OPTIMIZERS",
+    "DistillBatch",
+    "Distiller",
+    "StepHooks",
+    "TrainSettings",
+    "TrainingDiverged",
+    "make_optimizer",
+]
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "AdamW": torch.optim.AdamW,
@@ -36,6 +46,19 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "RMSprop": torch.optim.RMSprop,
 }  # ComfyUI Train LoRA's list
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+class TrainingDiverged(RuntimeError):
+    """A step's loss or gradients are not finite: the step is not taken, so the trained weights stay those
+    of the last finite step. ``step``: the 1-based step that failed; ``loss``: its loss (nan / inf, or the
+    finite loss of a step whose gradients were not)."""
+
+    def __init__(self, step: int, loss: float, what: str, lr: float) -> None:
+        self.step, self.loss, self.what, self.lr = step, loss, what, lr
+        super().__init__(
+            f"training diverged at step {step}: {what} (loss {loss:.6g}, learning rate {lr:g}); the weights are "
+            f"those of step {step - 1}"
+        )
 
 
 @dataclass(frozen=True)
@@ -118,7 +141,9 @@ class StepHooks:
     ``Distiller.loss``); ``backward``: back-propagates it; ``accumulate``: a context around each
     micro-batch (accelerate's ``accumulate``, which skips the all-reduce but on the last one);
     ``clip_grad``: called on the trainable tensors before the optimizer step; ``backward_divides``: the
-    backward divides by the accumulation steps itself (accelerate's does), so the Distiller does not.
+    backward divides by the accumulation steps itself (accelerate's does), so the Distiller does not;
+    ``scaled_gradients``: a loss scaler (fp16 mixed precision) skips steps with non-finite gradients
+    itself, so the Distiller checks only the loss.
     """
 
     forward: Callable[[DistillBatch], Tensor] | None = None
@@ -126,6 +151,7 @@ class StepHooks:
     accumulate: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
     clip_grad: Callable[[list[Tensor]], None] | None = None
     backward_divides: bool = False
+    scaled_gradients: bool = False
 
 
 @dataclass
@@ -134,7 +160,8 @@ class Distiller:
 
     The target is the student itself under no_grad (``config.ema_decay == 0``, stop-grad) or the student
     with the EMA of ``params`` swapped in (``self.ema``). ``generator`` (a CPU generator) draws what a
-    batch does not bring.
+    batch does not bring. A non-finite loss or gradient stops training with ``TrainingDiverged`` before
+    the optimizer steps, so the weights (and the EMA) stay those of the last finite step.
     """
 
     config: DistillConfig
@@ -147,6 +174,7 @@ class Distiller:
     generator: torch.Generator | None = None
     hooks: StepHooks = field(default_factory=StepHooks)
     ema: EMA | None = field(init=False)
+    steps_taken: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self.ema = EMA(self.params, self.config.ema_decay) if self.config.ema_decay > 0 else None
@@ -183,15 +211,33 @@ class Distiller:
             with self.hooks.accumulate():
                 for batch in groups:
                     loss = forward(batch)
+                    value = loss.item()
+                    if not math.isfinite(value):
+                        self._diverged(value, "the loss is not finite")
                     self.hooks.backward(loss * (batch.share * weight))
-                    total += loss.item() * batch.share
+                    total += value * batch.share
             losses.append(total)
         if len(losses) != self.accumulation:
             raise ValueError(f"a step takes {self.accumulation} micro-batches, got {len(losses)}")
+        mean = sum(losses) / self.accumulation
+        if not self.hooks.scaled_gradients and not self._gradients_finite():
+            self._diverged(mean, "a gradient is not finite")
         if self.hooks.clip_grad is not None:
             self.hooks.clip_grad(self.params)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(self.params)
-        return sum(losses) / self.accumulation
+        self.steps_taken += 1
+        return mean
+
+    def _gradients_finite(self) -> bool:
+        """One host-device sync for all the gradients."""
+        checks = [torch.isfinite(p.grad).all() for p in self.params if p.grad is not None]
+        return not checks or bool(torch.stack(checks).all())
+
+    def _diverged(self, loss: float, what: str) -> None:
+        """Drop the step's gradients and stop: the weights stay those of the last finite step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        raise TrainingDiverged(self.steps_taken + 1, loss, what, lr)

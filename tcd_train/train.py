@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ..tcd_core.distiller import Distiller, StepHooks
+from ..tcd_core.distiller import Distiller, StepHooks, TrainingDiverged
 from . import data as data_mod
 from .comfy_host import import_comfyui
 from .options import TrainerError, build_parser, check_options, parse_resolution
@@ -191,6 +191,7 @@ def train(args: argparse.Namespace, draws: Any = None) -> dict:
             clip_grad=(lambda params: accelerator.clip_grad_norm_(params, args.max_grad_norm))
             if args.max_grad_norm > 0 else None,
             backward_divides=True,
+            scaled_gradients=accelerator.scaler is not None,  # fp16: the scaler skips non-finite steps
         )  # fmt: skip
         state = TrainState(distiller)
         accelerator.register_for_checkpointing(scheduler, state)
@@ -220,6 +221,11 @@ def train(args: argparse.Namespace, draws: Any = None) -> dict:
                 if state.step == start_step:
                     raise _oom_report(error, device, args) from None
                 raise
+            except TrainingDiverged as error:  # nothing more is saved: the last checkpoint is the last good LoRA
+                last = checkpoints(args.output_dir)
+                kept = f"the last checkpoint is {last[-1]}" if last else "no checkpoint was written"
+                raise TrainerError(f"{error}; {kept}, no LoRA saved: lower --learning_rate, or use "
+                                   "--mixed_precision bf16 or no") from None  # fmt: skip
             if not accelerator.optimizer_step_was_skipped:
                 scheduler.step()
             state.step += 1

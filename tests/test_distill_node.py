@@ -266,6 +266,13 @@ def test_other_settings_train(node: Any, overrides: dict) -> None:
     assert any(k.endswith("lora_down.weight") and t.abs().sum() > 0 for k, t in lora.items()), "nothing trained"
 
 
+def test_a_diverging_run_stops_with_an_error_naming_the_step_and_returns_nothing(node: Any) -> None:
+    """RMSprop at learning rate 1 with guidance 100 overflows within a few steps (seeded: at step 3)."""
+    with pytest.raises(RuntimeError, match=r"TCD Distill LoRA: training diverged at step \d+: the loss is not finite"
+                       r".*No LoRA was returned: lower learning_rate"):  # fmt: skip
+        run(node, optimizer="RMSprop", learning_rate=1.0, steps=8, guidance_min=100.0, guidance_max=100.0)
+
+
 def test_batched_latent_and_list_of_latents_train_the_same(node: Any) -> None:
     batched = latents(2)
     as_list = [{"samples": batched["samples"][i : i + 1]} for i in range(2)]
@@ -518,3 +525,26 @@ def test_cancel_stops_training_within_a_step_and_the_server_keeps_serving(
     after = sampling_graph(server)
     add_sampling(after, "after_cancel", ["ckpt", 0], seed=78)
     assert pixels(server, server.run(after), "after_cancel").shape == (64, 64, 3)
+
+
+def test_a_diverging_run_fails_in_the_server_which_keeps_serving(
+    comfy_server: ComfyServer, tiny_checkpoint: str
+) -> None:
+    """Through the HTTP server: the error names the node and the step, SaveLoRA writes nothing, and the next
+    prompt runs."""
+    server = comfy_server
+    prefix = f"loras/diverged-{uuid.uuid4().hex[:8]}"
+    graph = distill_graph(server, optimizer="RMSprop", learning_rate=1.0, steps=20, guidance_min=100.0,
+                          guidance_max=100.0)  # fmt: skip
+    graph["save_lora"] = {"class_type": "SaveLoRA", "inputs": {"lora": ["distill", 1], "prefix": prefix}}
+    prompt_id = server.queue(graph)
+    deadline = time.monotonic() + 300
+    while (entry := server.history(prompt_id)) is None or entry["status"].get("completed") is None:
+        assert time.monotonic() < deadline, server.log_tail()
+        time.sleep(0.2)
+    errors = [data for event, data in entry["status"]["messages"] if event == "execution_error"]
+    assert errors and "training diverged at step" in errors[0]["exception_message"], entry["status"]
+    assert not list((server.output_dir / "loras").glob(prefix.split("/")[1] + "*")), "a diverged run saved a LoRA"
+    after = sampling_graph(server)
+    add_sampling(after, "after_divergence", ["ckpt", 0], seed=79)
+    assert pixels(server, server.run(after), "after_divergence").shape == (64, 64, 3)

@@ -504,3 +504,19 @@ def test_bad_options_are_refused_before_training(options: dict, fragments: tuple
     for fragment in fragments:
         assert fragment in str(error.value)
     assert not (tmp_path / "bad" / "tcd_lora.safetensors").exists()
+
+
+def test_a_diverging_run_stops_naming_the_step_and_saves_no_lora(checkpoint: Path, shards: str, tmp_path: Path) -> None:
+    """RMSprop at learning rate 1 with guidance 100 overflows within a few steps: the trainer stops with an error
+    naming the step and the options to change, and writes no final LoRA (the last checkpoint stays)."""
+    from comfyui_tcd_sampling.tcd_train.options import TrainerError
+
+    out = tmp_path / "diverged"
+    argv = trainer_args(checkpoint, shards, out, 1, "--max_train_steps", "30", "--optimizer", "RMSprop",
+                        "--learning_rate", "1.0", "--w_min", "100", "--w_max", "100", "--checkpointing_steps", "1",
+                        "--max_grad_norm", "0")  # fmt: skip
+    with pytest.raises(TrainerError, match=r"training diverged at step (\d+): .*lower --learning_rate") as error:
+        train_here(argv)
+    step = int(error.value.args[0].split("at step ")[1].split(":")[0])
+    assert not (out / "tcd_lora.safetensors").exists()
+    assert (step == 1) or (out / f"checkpoint-{step - 1}").is_dir(), "the last good checkpoint is not there"
