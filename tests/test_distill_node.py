@@ -19,6 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
+from devkit.build_test_models import SD15_UNET_CONFIG
 from devkit.host import ComfyServer
 from devkit.inprocess import Comfy, load_comfy, run_node
 from devkit.model_files import default_models_dir
@@ -28,24 +29,14 @@ CKPT = "tcd-tiny-sd15.safetensors"  # devkit.tiny_checkpoint.NAME, built into th
 CONTEXT_DIM = 64
 # ComfyUI's SD1.5 UNet layout, shrunk: the same block kinds (resnets, spatial transformers, down/up samplers).
 TINY_SD15_UNET = {
-    "use_checkpoint": False,
-    "image_size": 32,
-    "out_channels": 4,
-    "use_spatial_transformer": True,
-    "legacy": False,
-    "adm_in_channels": None,
-    "in_channels": 4,
+    **SD15_UNET_CONFIG,
     "model_channels": 32,
     "num_res_blocks": [1, 1],
     "transformer_depth": [1, 1],
     "channel_mult": [1, 2],
-    "transformer_depth_middle": 1,
-    "use_linear_in_transformer": False,
     "context_dim": CONTEXT_DIM,
     "num_heads": 2,
     "transformer_depth_output": [1, 1, 1, 1],
-    "use_temporal_attention": False,
-    "use_temporal_resblock": False,
 }
 
 

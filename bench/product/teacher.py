@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from devkit.build_test_models import SD15_UNET_CONFIG
+
 from .data import Prompts, encode, load_digits, make_prompts
 from .env import cache_dir, digest
 
@@ -38,23 +40,13 @@ class TeacherSpec:
     def unet_config(self) -> dict:
         """ComfyUI's SD1.5 UNet layout, shrunk: two levels, one res block and one transformer per level."""
         return {
-            "use_checkpoint": False,
-            "image_size": 32,
-            "out_channels": 4,
-            "use_spatial_transformer": True,
-            "legacy": False,
-            "adm_in_channels": None,
-            "in_channels": 4,
+            **SD15_UNET_CONFIG,
             "model_channels": self.model_channels,
             "num_res_blocks": [1, 1],
             "transformer_depth": [1, 1],
             "channel_mult": [1, 2],
-            "transformer_depth_middle": 1,
-            "use_linear_in_transformer": False,
             "context_dim": self.context_dim,
             "transformer_depth_output": [1, 1, 1, 1],
-            "use_temporal_attention": False,
-            "use_temporal_resblock": False,
         }
 
     def describe(self) -> str:
