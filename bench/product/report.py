@@ -25,7 +25,7 @@ def _table(rows: list[dict], teacher: str, entries: list[tuple[str, str]], steps
 
 def _sensitivity(result: dict, teacher: str, steps: list[int]) -> list[str]:
     """Seed-0 students at other learning rates next to the default ones (FD ref; not judged)."""
-    extra = [s for s in result["students"] if s["teacher"] == teacher and s.get("lr")]
+    extra = [s for s in result["students"] if s["teacher"] == teacher and (s.get("lr") or s.get("overrides"))]
     if not extra:
         return []
     seeds = sorted({s["seed"] for s in extra})
@@ -36,9 +36,10 @@ def _sensitivity(result: dict, teacher: str, steps: list[int]) -> list[str]:
         entries += [(student.get("label", student["method"]), label) for label in samplers[student["method"]]]
     lines = [
         "",
-        f"### Sensitivity: the node's learning rate (seed {', '.join(map(str, seeds))}; not judged)",
+        f"### Sensitivity: the node's learning rate and other settings (seed {', '.join(map(str, seeds))}; not judged)",
         "",
-        "FD to the teacher's reference; `tcd` / `lcm` = the node's default learning rate (1e-4).",
+        "FD to the teacher's reference; `tcd` / `lcm` = the node's defaults (lr 1e-4, EMA 0.95, l2, s uniform, "
+        "rank 64); other rows change the named widget(s) only.",
         "",
     ]
     lines += _table(rows, teacher, list(dict.fromkeys(entries)), steps, "fd_ref")

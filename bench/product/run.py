@@ -115,11 +115,15 @@ def run(plan: Plan, log: Any = print) -> dict:
                 for steps in plan.step_counts:
                     cell(teacher, "no-lora", spec.key(), conf, steps, 1.0, seed)
             lrs = [None, *(plan.sensitivity_lrs if seed in plan.sensitivity_seeds else ())]
-            for lr in lrs:
-                for method, samplers in (("tcd", TCD_SAMPLERS), ("lcm", LCM_SAMPLERS)):
+            variants = [(lr, (), methods) for lr in lrs for methods in [(("tcd", TCD_SAMPLERS), ("lcm", LCM_SAMPLERS))]]
+            if seed in plan.sensitivity_seeds and spec.name in plan.ablation_teachers:
+                variants += [(None, overrides, (("tcd", TCD_SAMPLERS),)) for overrides in plan.ablations]
+            for lr, overrides, methods in variants:
+                for method, samplers in methods:
                     sspec = StudentSpec(
-                        method, plan.student_steps, plan.student_batch, seed, GUIDANCE_W, learning_rate=lr
-                    )
+                        method, plan.student_steps, plan.student_batch, seed, GUIDANCE_W, learning_rate=lr,
+                        overrides=overrides,
+                    )  # fmt: skip
                     lora, sinfo = distill(host, teacher, spec.key(), prompts, sspec, log)
                     out["students"].append(
                         {
@@ -127,6 +131,7 @@ def run(plan: Plan, log: Any = print) -> dict:
                             "method": method,
                             "label": sspec.label,
                             "lr": lr,
+                            "overrides": dict(overrides),
                             "seed": seed,
                             "seconds": sinfo["seconds"],
                             "loss": sinfo["loss"],

@@ -22,6 +22,8 @@ class Plan:
     reference_steps: int = 50
     sensitivity_lrs: tuple[float, ...] = ()  # extra students at these learning rates (not judged)
     sensitivity_seeds: tuple[int, ...] = (0,)
+    ablations: tuple[tuple[tuple[str, object], ...], ...] = ()  # TCD students with these node widgets, seed 0
+    ablation_teachers: tuple[str, ...] = ()
 
 
 FULL = Plan(
@@ -35,6 +37,13 @@ FULL = Plan(
     n_eval=400,
     n_reference=800,
     sensitivity_lrs=(1e-3,),
+    ablations=(
+        (("ema_decay", 0.0),),  # stop-grad target, as the LCM-LoRA scripts
+        (("loss", "huber"),),  # LCM-LoRA's pseudo-Huber
+        (("s_rule", "uniform+zero"), ("s_zero_share", 0.5)),  # trains the jumps to s = 0
+        (("rank", 16),),
+    ),
+    ablation_teachers=("base",),
 )
 QUICK = Plan(
     teachers=(TeacherSpec("quick", model_channels=32, iterations=150),),

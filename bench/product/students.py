@@ -30,17 +30,21 @@ class StudentSpec:
     training_dtype: str = "fp32"
     gradient_checkpointing: bool = False  # memory only: off, it saves the recompute on this CPU
     learning_rate: float | None = None  # None: the node's default (the sensitivity runs set it)
+    overrides: tuple[tuple[str, Any], ...] = ()  # other node widgets of an ablation (not judged)
 
     def key_fields(self) -> dict:
         """The fields that name this student in the caches (learning_rate only when set)."""
         fields = asdict(self)
         if self.learning_rate is None:
             del fields["learning_rate"]
+        if not self.overrides:
+            del fields["overrides"]
         return fields
 
     @property
     def label(self) -> str:
-        return self.method if self.learning_rate is None else f"{self.method} lr {self.learning_rate:g}"
+        label = self.method if self.learning_rate is None else f"{self.method} lr {self.learning_rate:g}"
+        return " ".join([label, *(f"{name} {value}" for name, value in self.overrides)])
 
     def widgets(self, node: Any) -> dict:
         """The node's widget values: its defaults (from its schema), then this spec's."""
@@ -56,6 +60,7 @@ class StudentSpec:
         values["guidance_min"] = values["guidance_max"] = self.guidance
         if self.learning_rate is not None:
             values["learning_rate"] = self.learning_rate
+        values.update(dict(self.overrides))
         return values
 
 
