@@ -42,6 +42,7 @@ class LoraFit:
     skipped: tuple[str, ...] = ()  # modules naming no weight of this model (or of its CLIP)
     converted: tuple[str, ...] = ()  # diffusers attention modules mapped beyond ComfyUI's key map
     ignored: tuple[str, ...] = ()  # tensors of the file that belong to no adapter
+    absent: tuple[str, ...] = ()  # weights a module patches that this model lacks (a diff_b on a bias-less layer)
 
     @property
     def is_partial(self) -> bool:
@@ -267,6 +268,8 @@ def _family_hint(misfits: Mapping[str, str], shapes: Mapping[str, tuple[int, ...
     for target, patch in patches.items():
         if not isinstance(target, str) or target not in misfits or ".attn2.to_k." not in target:
             continue
+        if target not in shapes:
+            continue
         theirs, ours = _delta_columns(patch), shapes[target][1]
         if theirs in _CONTEXT_FAMILIES and ours in _CONTEXT_FAMILIES:
             return (
@@ -346,6 +349,17 @@ def lora_patches(model: Any, clip: Any, name: str, lora: Mapping[str, Any]) -> t
     patches = _load_patches(lora, to_load)
     shapes = _target_shapes(model, clip)
     misfits = _misfits(patches, shapes)
+    # A module that fits by name may also patch a weight this layer does not have (a LyCORIS diff_b for a
+    # layer without a bias): left out with a warning, as ComfyUI's LoraLoader skips it.
+    absent = tuple(sorted(key for key, why in misfits.items() if why == "no such weight"))
+    if absent:
+        patches = {t: v for t, v in patches.items() if (t if isinstance(t, str) else t[0]) not in absent}
+        misfits = {key: why for key, why in misfits.items() if key not in absent}
+        if not patches:
+            raise ValueError(
+                f"LoRA {name!r} patches nothing in this model: the {len(absent)} weights it names do not exist here "
+                f"({_listing(absent)})"
+            )
     if misfits:
         examples = "; ".join(f"{key}: {why}" for key, why in list(misfits.items())[:2])
         unnamed = f", and {len(skipped)} of its {len(modules)} modules name no weight here" if skipped else ""
@@ -354,7 +368,7 @@ def lora_patches(model: Any, clip: Any, name: str, lora: Mapping[str, Any]) -> t
             f"the weight they name, {len(patches) - len(misfits)} do{unnamed} ({examples}); it was made for "
             f"another model family ({_family_hint(misfits, shapes, patches)}). Nothing was applied"
         )
-    fit = LoraFit(name, len(modules), len(patches), skipped, converted, tuple(ignored))
+    fit = LoraFit(name, len(modules), len(patches), skipped, converted, tuple(ignored), absent)
     return patches, fit
 
 
@@ -374,6 +388,13 @@ def apply_lora(model: Any, clip: Any, name: str, strength: float) -> tuple[Any, 
             name,
             len(fit.converted),
             _listing(fit.converted),
+        )
+    if fit.absent:
+        log.warning(
+            "LoRA %r patches %d weights this model does not have (left out, as ComfyUI's LoraLoader does): %s",
+            name,
+            len(fit.absent),
+            _listing(fit.absent),
         )
     if fit.is_partial:
         log.warning(

@@ -372,6 +372,29 @@ def test_partly_fitting_lora_is_applied_with_a_warning(
     assert f"{fit.patched} of its {fit.modules} modules" in caplog.text
 
 
+def test_a_full_weight_lora_with_a_bias_for_a_bias_less_layer_loads_with_a_warning(
+    comfy: Comfy, sd15: SimpleNamespace, test_models: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A LyCORIS full-weight file whose attn2.to_k module carries a diff_b (SD1.5's to_k has no bias): the
+    diff applies, the bias is left out with a warning naming it (it used to raise a raw KeyError)."""
+    import torch
+    from safetensors.torch import save_file
+
+    module = "lora_unet_input_blocks_1_1_transformer_blocks_0_attn2_to_k"  # kohya's name of the LDM layer
+    weight = sd15.model.model.state_dict()["diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"]
+    path = test_models["lora_sd15"].with_name("tcd-test-diff-b-without-bias.safetensors")
+    delta = {f"{module}.diff": torch.full(tuple(weight.shape), 1e-3), f"{module}.diff_b": torch.ones(weight.shape[0])}
+    save_file(delta, path)
+    try:
+        with caplog.at_level("WARNING", logger="comfyui-tcd-sampling"):
+            model, _, fit = comfy.pack.tcd_comfy.lora_stack.apply_lora(sd15.model, sd15.clip, path.name, 1.0)
+    finally:
+        path.unlink()
+    assert fit.patched == 1 and fit.absent == ("diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.bias",)
+    assert "weights this model does not have" in caplog.text and "attn2.to_k.bias" in caplog.text
+    assert set(model.patches) == {"diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"}
+
+
 def test_lora_for_another_family_is_refused(comfy: Comfy, sd15: SimpleNamespace) -> None:
     with pytest.raises(ValueError, match="patches nothing in this model.*another model family"):
         lora_loader(comfy, sd15, tcd=SDXL_LORA)
