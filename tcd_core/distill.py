@@ -67,9 +67,7 @@ S_RULES = ("uniform", "uniform+zero", "uniform+zero-ramp")
 
 
 def _require_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
-    reason = Setting("", kind=str, choices=allowed).refusal(value)
-    if reason is not None:
-        raise TCDInputError.of(name, reason)
+    Setting("", kind=str, choices=allowed).check(name, value)
 
 
 @dataclass(frozen=True)
@@ -294,9 +292,7 @@ def draw_training_points(
     - "uniform+zero-ramp": s = 0 with probability ``s_zero_share * i / (N - 1)`` (none at the
       bottom of the grid, the full share at the top, where 1-2-step sampling jumps to 0), else "uniform".
     """
-    reason = Setting("", kind=int, low=1).refusal(batch_size)
-    if reason is not None:
-        raise TCDInputError.of("batch_size", reason)
+    Setting("", kind=int, low=1).check("batch_size", batch_size)
     n, k = config.num_ddim_timesteps, config.skip
     index = torch.randint(0, n, (batch_size,), generator=generator, dtype=torch.int64)
     t_start = (index + 1) * k - 1
@@ -421,9 +417,7 @@ class EMA:
     def __init__(
         self, params: Iterable[Tensor] | Mapping[str, Tensor], decay: float, dtype: torch.dtype | None = None
     ) -> None:
-        reason = setting_of(DistillConfig, "ema_decay").refusal(decay)
-        if reason is not None:
-            raise TCDInputError.of("ema_decay", reason)
+        setting_of(DistillConfig, "ema_decay").check("ema_decay", decay)
         self.decay = float(decay)
         self.shadow = [p.detach().clone().to(dtype or p.dtype) for p in self._tensors(params)]
 

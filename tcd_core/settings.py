@@ -55,6 +55,12 @@ class Setting:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         return None if ok and self._within(value) else f"must be a number in [{self._range(', ')}], got {value!r}"
 
+    def check(self, name: str, value: object) -> None:
+        """Raise ``TCDInputError`` naming ``name`` (its ``field``) unless ``value`` is accepted."""
+        reason = self.refusal(value)
+        if reason is not None:
+            raise TCDInputError.of(name, reason)
+
     def _within(self, value: float) -> bool:
         return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
 
@@ -87,6 +93,4 @@ def setting_of(cls_or_obj: Any, name: str) -> Setting:
 def check_fields(obj: Any) -> None:
     """Refuse the first field of ``obj`` outside its ``Setting``, naming it (``TCDInputError.field``)."""
     for name, (spec, _) in settings_of(obj).items():
-        reason = spec.refusal(getattr(obj, name))
-        if reason is not None:
-            raise TCDInputError.of(name, reason)
+        spec.check(name, getattr(obj, name))

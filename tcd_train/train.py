@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from ..tcd_core.distiller import Distiller, StepHooks, TrainingDiverged
+from ..tcd_core.distiller import Distiller, StepHooks, TrainingDiverged, TrainSettings
+from ..tcd_core.distiller import make_optimizer as node_optimizer
 from . import data as data_mod
 from .comfy_host import import_comfyui
 from .options import TrainerError, build_parser, check_options, parse_resolution
@@ -81,11 +82,11 @@ def open_source(args: argparse.Namespace, resolution) -> Any:
     return data_mod.ShardStream(args.train_shards_path_or_url)
 
 
-def make_optimizer(args: argparse.Namespace, settings: Any, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+def make_optimizer(
+    args: argparse.Namespace, settings: TrainSettings, params: list[torch.Tensor]
+) -> torch.optim.Optimizer:
     """AdamW with the --adam_* settings (diffusers' defaults, which are torch's; bitsandbytes' 8-bit AdamW with
     --use_8bit_adam), or the node's other choices (Adam, SGD, RMSprop) made as the node makes them."""
-    from ..tcd_core.distiller import make_optimizer as node_optimizer
-
     if settings.optimizer != "AdamW":
         return node_optimizer(settings, params)
     kwargs = dict(lr=settings.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
