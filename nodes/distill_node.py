@@ -20,11 +20,13 @@ import folder_paths
 from comfy_api.latest import io
 from tqdm.auto import trange
 
-from ..tcd_comfy.distill_data import DistillDataset, build_dataset
+from ..tcd_comfy.distill_data import DistillDataset, build_dataset, flatten_conditioning
 from ..tcd_comfy.distill_model import ModelFacts, input_error, model_facts
 from ..tcd_comfy.distill_run import DistillRun
+from ..tcd_comfy.host_training import HostTraining
 from ..tcd_comfy.lora_adapters import read_existing_lora
 from ..tcd_comfy.lora_stack import NONE, read_lora
+from ..tcd_comfy.training_preview import TrainingPreview
 from ..tcd_core.distill import DistillConfig
 from ..tcd_core.distiller import TrainingDiverged, TrainSettings
 from ..tcd_core.errors import TCDInputError
@@ -59,11 +61,16 @@ def _node_error(error: TCDInputError) -> TCDInputError:
     return TCDInputError(f"{NODE_NAME} {error.field}: {error.detail}", field=error.field, detail=error.detail)
 
 
-def _settings(values: dict[str, Any], facts: ModelFacts) -> tuple[DistillConfig, TrainSettings]:
-    def of(cls: type) -> dict[str, Any]:
-        return {name: values[name] for name, (spec, _) in settings_of(cls).items() if spec.node}
+def _settings(values: dict[str, Any], facts: ModelFacts) -> tuple[DistillConfig, TrainSettings, HostTraining]:
+    """The settings of the run from the node's values; an input absent from an older prompt takes its default."""
 
-    return DistillConfig(**of(DistillConfig), prediction_type=facts.prediction_type), TrainSettings(**of(TrainSettings))
+    def of(cls: type) -> dict[str, Any]:
+        return {name: values[name] for name, (spec, _) in settings_of(cls).items() if spec.node and name in values}
+
+    config = DistillConfig(**of(DistillConfig), prediction_type=facts.prediction_type)
+    host = HostTraining(**of(HostTraining))
+    host.check_host()
+    return config, TrainSettings(**of(TrainSettings)), host
 
 
 class TCDDistillLoRA(io.ComfyNode):
@@ -105,6 +112,7 @@ class TCDDistillLoRA(io.ComfyNode):
                     "node), or None for a new LoRA. Its layers keep their rank; the other layers get new ones.",
                 ),
                 *setting_inputs(DistillConfig),
+                *setting_inputs(HostTraining, optional=True),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The model with the trained LoRA applied."),
@@ -122,9 +130,13 @@ class TCDDistillLoRA(io.ComfyNode):
         existing_name = values["existing_lora"]
         try:  # everything is checked before any training
             facts = model_facts(model)
-            config, settings = _settings(values, facts)
+            config, settings, host = _settings(values, facts)
             dataset = build_dataset(model, latents, positive, negative, facts)
             existing = None
+            if existing_name != NONE and host.algorithm != "LoRA":
+                raise input_error(
+                    "algorithm", f"{host.algorithm} cannot continue existing_lora, a LoRA: set algorithm to LoRA"
+                )
             if existing_name != NONE:
                 try:
                     lora_file = read_lora(existing_name)
@@ -133,9 +145,11 @@ class TCDDistillLoRA(io.ComfyNode):
                 existing = read_existing_lora(model.model, lora_file)
         except TCDInputError as error:
             raise _node_error(error) from None
+        first_positive = flatten_conditioning(positive)[0]
         lora, loss_map = cls.train(
-            model, dataset, facts, config, settings, existing, node_id=getattr(cls.hidden, "unique_id", None)
-        )
+            model, dataset, facts, config, settings, existing, host, first_positive,
+            node_id=getattr(cls.hidden, "unique_id", None),
+        )  # fmt: skip
         total_steps = settings.steps + (_existing_steps(existing_name) if existing is not None else 0)
         model_lora, _ = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0)
         return io.NodeOutput(model_lora, lora, loss_map, total_steps)
@@ -149,15 +163,24 @@ class TCDDistillLoRA(io.ComfyNode):
         config: DistillConfig,
         settings: TrainSettings,
         existing: dict | None = None,
+        host: HostTraining | None = None,
+        first_positive: list | None = None,
         node_id: str | None = None,
     ) -> tuple[dict, dict]:
-        """The training loop: ComfyUI's progress bar, the running loss, Cancel checked every step."""
+        """The training loop: ComfyUI's progress bar, the running loss, Cancel checked every step, and the
+        student's preview every ``host.preview_every`` steps."""
+        host = host or HostTraining()
         losses: list[float] = []
         ui_bar = comfy.utils.ProgressBar(settings.steps, node_id=node_id)
         log.info(
-            "TCD Distill LoRA: training with seed %d, %d images, %s, %s", settings.seed, len(dataset), settings, config
-        )
-        with DistillRun(model, dataset, facts, config, settings, existing) as run:
+            "TCD Distill LoRA: training with seed %d, %d images, %s, %s, %s",
+            settings.seed, len(dataset), settings, config, host,
+        )  # fmt: skip
+        with DistillRun(model, dataset, facts, config, settings, existing, host) as run:
+            preview = None
+            if host.preview_every and first_positive is not None:
+                shape = dataset.latents[0].shape
+                preview = TrainingPreview(run.model.patcher, first_positive, shape, host.preview_every)
             bar = trange(settings.steps, desc="TCD distillation", disable=not comfy.utils.PROGRESS_BAR_ENABLED)
             for step in bar:
                 comfy.model_management.throw_exception_if_processing_interrupted()
@@ -169,7 +192,8 @@ class TCDDistillLoRA(io.ComfyNode):
                     ) from None
                 losses.append(loss)
                 bar.set_postfix({"loss": f"{loss:.4f}"})
-                ui_bar.update_absolute(step + 1)
+                image = preview.image() if preview is not None and preview.due(step + 1) else None
+                ui_bar.update_absolute(step + 1, settings.steps, image)
                 _send_progress_text(node_id, f"step {step + 1}/{settings.steps}  loss {loss:.4f}")
             lora = run.lora_state_dict()
         return lora, {"loss": losses}

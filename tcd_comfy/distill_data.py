@@ -92,6 +92,14 @@ class DistillDataset:
     def __len__(self) -> int:
         return len(self.latents)
 
+    def buckets(self) -> list[list[int]]:
+        """The images' indices grouped by latent size, in order of first appearance (ResolutionBucket's
+        grouping, which the node's bucket mode draws batches from)."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, latent in enumerate(self.latents):
+            groups.setdefault(tuple(latent.shape), []).append(i)
+        return list(groups.values())
+
 
 def build_dataset(
     patcher: Any, latents: Sequence[Any], positive: Sequence[Any], negative: Sequence[Any], facts: ModelFacts

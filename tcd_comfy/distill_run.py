@@ -14,6 +14,7 @@ from ..tcd_core.distill import DistillConfig
 from ..tcd_core.distiller import DTYPES, DistillBatch, Distiller, TrainSettings, make_optimizer
 from .distill_data import DistillDataset, batch_conds
 from .distill_model import ModelFacts
+from .host_training import HostTraining
 from .lora_student import LoraStudent
 
 
@@ -32,14 +33,19 @@ class DistillRun:
         config: DistillConfig,
         settings: TrainSettings,
         existing: dict[str, LoraDiff] | None = None,
+        host: HostTraining | None = None,
     ) -> None:
         self.dataset = dataset
         self.settings = settings
+        self.host = host or HostTraining()
+        self.buckets = dataset.buckets()
         with torch.inference_mode(False):  # the parameters, optimizer state and EMA copies: normal tensors
             self.model = LoraStudent(
-                model, facts, rank=settings.rank, seed=settings.seed, compute_dtype=DTYPES[settings.training_dtype],
-                lora_dtype=DTYPES[settings.lora_dtype], checkpointing=settings.gradient_checkpointing,
-                existing=existing,
+                model, facts, rank=settings.rank, seed=settings.seed,
+                compute_dtype=DTYPES.get(settings.training_dtype), lora_dtype=DTYPES[settings.lora_dtype],
+                checkpointing=settings.gradient_checkpointing, existing=existing, algorithm=self.host.algorithm,
+                bypass=self.host.bypass_mode, offloading=self.host.offloading,
+                checkpoint_depth=self.host.checkpoint_depth, quantized_backward=self.host.quantized_backward,
             )  # fmt: skip
             self.generator = torch.Generator().manual_seed(settings.seed)
             self.distiller = Distiller(
@@ -55,11 +61,21 @@ class DistillRun:
     def __exit__(self, *exc: object) -> None:
         self.model.close()
 
+    def draw_indices(self) -> list[int]:
+        """Train LoRA's draw: a seeded random subset of min(batch_size, dataset size) images; in bucket mode
+        from one resolution bucket, chosen with probability proportional to its size."""
+        if not self.host.bucket_mode:
+            order = torch.randperm(len(self.dataset), generator=self.generator)
+            return order[: self.settings.batch_size].tolist()
+        sizes = torch.tensor([len(bucket) for bucket in self.buckets], dtype=torch.float64)
+        bucket = self.buckets[int(torch.multinomial(sizes, 1, generator=self.generator))]
+        order = torch.randperm(len(bucket), generator=self.generator)
+        return [bucket[i] for i in order[: self.settings.batch_size].tolist()]
+
     def micro_batch(self) -> list[DistillBatch]:
-        """Train LoRA's draw, a seeded random subset of min(batch_size, dataset size) images, as groups of
-        one image size each (a multi-resolution dataset); the loss is the batch mean either way."""
-        order = torch.randperm(len(self.dataset), generator=self.generator)
-        indices = order[: self.settings.batch_size].tolist()
+        """One micro-batch (``draw_indices``) as groups of one image size each (a multi-resolution dataset);
+        the loss is the batch mean either way."""
+        indices = self.draw_indices()
         groups: dict[tuple[int, ...], list[int]] = {}
         for i in indices:
             groups.setdefault(tuple(self.dataset.latents[i].shape), []).append(i)

@@ -1,8 +1,10 @@
 """LoRA training adapters on a ModelPatcher: ComfyUI's own ``comfy.weight_adapter`` adapters added as weight
-wrappers of a clone (``ModelPatcher.add_weight_wrapper``, as ComfyUI's Train LoRA does), all behind one
-on/off switch, so that the teacher is the same network with the switch off and the base weights exist
-once in memory. The trained LoRA comes out in Train LoRA's saved-LoRA layout
-(``diffusion_model.<module>.lora_up.weight`` / ``.lora_down.weight`` / ``.alpha``)."""
+wrappers of a clone (``ModelPatcher.add_weight_wrapper``, as ComfyUI's Train LoRA does) or, in bypass mode,
+as forward hooks (``comfy.weight_adapter.bypass``, Train LoRA's bypass mode, for quantized base weights), all
+behind one on/off switch, so that the teacher is the same network with the switch off and the base weights
+exist once in memory. The trained LoRA comes out in Train LoRA's saved-LoRA layout
+(``diffusion_model.<module>.lora_up.weight`` / ``.lora_down.weight`` / ``.alpha``; other algorithms their
+own parameter names, as Train LoRA saves them)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Any
 
 import comfy.lora
 import comfy.lora_convert
+import comfy.weight_adapter
 import torch
 from comfy.weight_adapter import LoRAAdapter
 from comfy.weight_adapter.lora import LoraDiff
@@ -27,6 +30,12 @@ class AdapterSwitch:
     def __init__(self) -> None:
         self.enabled = True
 
+    def inject(self) -> None:
+        """Put the adapters in the network (weight wrappers need nothing: they read ``enabled``)."""
+
+    def eject(self) -> None:
+        """Take the adapters out of the network's forward (nothing to do for weight wrappers)."""
+
     @contextlib.contextmanager
     def off(self) -> Iterator[None]:
         previous, self.enabled = self.enabled, False
@@ -34,6 +43,45 @@ class AdapterSwitch:
             yield
         finally:
             self.enabled = previous
+
+
+class BypassSwitch(AdapterSwitch):
+    """The switch of bypass-mode adapters: off = their forward hooks taken out (ComfyUI's ``PatcherInjection``
+    eject), so the teacher runs the layers' own forward; on = put back (inject)."""
+
+    def __init__(self, patcher: Any, adapters: dict[str, Any]) -> None:
+        super().__init__()
+        from comfy.weight_adapter.bypass import BypassInjectionManager
+
+        self.patcher = patcher
+        manager = BypassInjectionManager()
+        for name, adapter in adapters.items():
+            manager.add_adapter(f"{name}.weight", adapter, strength=1.0)
+        self.injections = manager.create_injections(patcher.model)
+        self.injected = False
+
+    def inject(self) -> None:
+        if not self.injected:
+            for injection in self.injections:
+                injection.inject(self.patcher)
+            self.injected = True
+
+    def eject(self) -> None:
+        if self.injected:
+            for injection in self.injections:
+                injection.eject(self.patcher)
+            self.injected = False
+
+    @contextlib.contextmanager
+    def off(self) -> Iterator[None]:
+        was_injected = self.injected
+        self.eject()
+        try:
+            with super().off():
+                yield
+        finally:
+            if was_injected:
+                self.inject()
 
 
 class SwitchedAdapter:
@@ -121,12 +169,12 @@ class LoraAdapters:
     """Training adapters attached to one ModelPatcher (a clone), behind one switch."""
 
     patcher: Any
-    adapters: dict[str, LoraDiff]  # module name -> adapter
+    adapters: dict[str, Any]  # module name -> training adapter (LoraDiff, or another algorithm's)
     switch: AdapterSwitch = field(default_factory=AdapterSwitch)
     wrappers: dict[str, Any] = field(default_factory=dict)  # parameter key "<module>.weight|bias" -> wrapper
 
     def parameters(self) -> list[Tensor]:
-        """The trainable tensors (lora_up / lora_down), in module order."""
+        """The trainable tensors (lora_up / lora_down, or the algorithm's), in module order."""
         return [p for a in self.adapters.values() for p in a.parameters() if p.requires_grad]
 
     def state_dict(self, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
@@ -140,38 +188,52 @@ class LoraAdapters:
         return out
 
 
+def new_adapter(algorithm: str, weight: Tensor, rank: int) -> Any:
+    """A fresh training adapter of ``algorithm`` (``comfy.weight_adapter.adapter_maps``) whose change is zero, so
+    the student starts as the teacher. LoRA gets alpha = rank (scale 1, as diffusers' LCM-LoRA script); the
+    other families Train LoRA's alpha 1."""
+    if algorithm == "LoRA":
+        return LoRAAdapter.create_train(weight, rank=rank, alpha=float(rank))
+    return comfy.weight_adapter.adapter_maps[algorithm].create_train(weight, rank=rank, alpha=1.0)
+
+
 def attach_lora(
     patcher: Any,
     rank: int,
     dtype: torch.dtype,
     seed: int,
     existing: dict[str, LoraDiff] | None = None,
+    algorithm: str = "LoRA",
+    bypass: bool = False,
 ) -> LoraAdapters:
-    """Add a LoRA adapter to every target layer of ``patcher`` (a clone: the caller's model is untouched).
+    """Add an adapter to every target layer of ``patcher`` (a clone: the caller's model is untouched).
 
-    New adapters are ComfyUI's ``LoRAAdapter.create_train`` (up random, down zero: the student starts as
-    the teacher) with alpha = rank (scale 1, as diffusers' LCM-LoRA script); layers of ``existing`` continue
-    from its weights. Initialisation draws from ``seed`` without touching the global RNG.
+    New adapters are ComfyUI's ``create_train`` of ``algorithm`` (``new_adapter``: for LoRA up random, down
+    zero); layers of ``existing`` (LoRA) continue from its weights. Initialisation draws from ``seed``
+    without touching the global RNG. ``bypass``: the adapters act through forward hooks (``BypassSwitch``)
+    instead of weight wrappers, so the base weights are never rebuilt (quantized / fp8 weights train).
     """
     existing = existing or {}
-    adapters: dict[str, LoraDiff] = {}
+    adapters: dict[str, Any] = {}
     # ComfyUI runs nodes under torch.inference_mode: parameters made there would never get gradients.
     with torch.inference_mode(False), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for name, module in lora_targets(patcher.model):
             old = existing.get(name)
             if old is None:
-                adapter = LoRAAdapter.create_train(module.weight, rank=rank, alpha=float(rank))
+                adapter = new_adapter(algorithm, module.weight, rank)
             else:  # fresh tensors (the loaded ones may be inference tensors)
                 factors = (old.lora_up.weight.detach().clone(), old.lora_down.weight.detach().clone())
                 adapter = LoraDiff((*factors, float(old.alpha), None, None, None))
             adapters[name] = adapter.to(device=patcher.load_device, dtype=dtype)
-    lora = LoraAdapters(patcher, adapters)
+    switch = BypassSwitch(patcher, adapters) if bypass else AdapterSwitch()
+    lora = LoraAdapters(patcher, adapters, switch)
     for name, adapter in adapters.items():
         adapter.requires_grad_(True)
-        adapter.alpha.requires_grad_(False)
-        wrapper = SwitchedAdapter(adapter, lora.switch)
-        lora.wrappers[f"{name}.weight"] = wrapper
+        if isinstance(getattr(adapter, "alpha", None), Tensor):
+            adapter.alpha.requires_grad_(False)
+        if not bypass:
+            lora.wrappers[f"{name}.weight"] = SwitchedAdapter(adapter, lora.switch)
     modules = dict(patcher.model.named_modules())
     for name in frozen_weight_layers(patcher.model):
         for param in ("weight", "bias"):
@@ -197,11 +259,13 @@ def install_lora(lora: LoraAdapters) -> None:
         if not any(f is wrapper for f in getattr(module, functions)):
             setattr(module, functions, [*getattr(module, functions), wrapper])
         wrapper.move_to(lora.patcher.load_device)
+    lora.switch.inject()
 
 
 def detach_lora(lora: LoraAdapters) -> None:
     """Remove the adapters from the patcher and from the shared modules' weight functions."""
     patcher = lora.patcher
+    lora.switch.eject()
     modules = dict(patcher.model.named_modules())
     for key, wrapper in lora.wrappers.items():
         kept = [f for f in patcher.weight_wrapper_patches.get(key, []) if f is not wrapper]

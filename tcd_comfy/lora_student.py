@@ -19,7 +19,15 @@ from torch import Tensor
 from ..tcd_core.distill import ModelFn
 from .distill_model import ModelFacts, unet_fn
 from .lora_adapters import attach_lora, detach_lora, install_lora
-from .model_loading import gradient_checkpointing, release_model, unload_clones
+from .model_loading import gradient_checkpointing, release_model, training_flags, unload_clones
+
+
+def native_compute_dtype(patcher: Any) -> torch.dtype:
+    """The dtype ComfyUI computes this model in when nothing overrides it (Train LoRA's training_dtype none):
+    its manual-cast dtype, else its weights' dtype; bf16 for weights too narrow to compute in (fp8)."""
+    base = patcher.model
+    dtype = base.manual_cast_dtype or base.get_dtype()
+    return dtype if dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.bfloat16
 
 
 class LoraStudent:
@@ -39,18 +47,29 @@ class LoraStudent:
         *,
         rank: int,
         seed: int,
-        compute_dtype: torch.dtype,
+        compute_dtype: torch.dtype | None,
         lora_dtype: torch.dtype,
         checkpointing: bool,
         existing: dict[str, LoraDiff] | None = None,
+        algorithm: str = "LoRA",
+        bypass: bool = False,
+        offloading: bool = False,
+        checkpoint_depth: int = 1,
+        quantized_backward: bool = False,
     ) -> None:
         self.facts = facts
-        self.compute_dtype = compute_dtype
         self.lora_dtype = lora_dtype
         self.checkpointing = checkpointing
+        self.checkpoint_depth = checkpoint_depth
+        self.offloading = offloading
+        self.quantized_backward = quantized_backward
         self.patcher = model.clone()
-        self.patcher.set_model_compute_dtype(compute_dtype)
-        self.lora = attach_lora(self.patcher, rank, lora_dtype, seed, existing)
+        if compute_dtype is None:  # training_dtype none: the model's own
+            compute_dtype = native_compute_dtype(self.patcher)
+        else:
+            self.patcher.set_model_compute_dtype(compute_dtype)
+        self.compute_dtype = compute_dtype
+        self.lora = attach_lora(self.patcher, rank, lora_dtype, seed, existing, algorithm=algorithm, bypass=bypass)
         self.params: list[Tensor] = self.lora.parameters()
         self.alphas_cumprod = facts.alphas_cumprod.to(self.patcher.load_device)
         self.student: ModelFn = unet_fn(self.patcher, compute_dtype)
@@ -65,12 +84,18 @@ class LoraStudent:
     def __enter__(self) -> LoraStudent:
         self._stack.callback(self._cleanup)
         self._stack.enter_context(torch.inference_mode(False))
-        self._stack.enter_context(gradient_checkpointing(self.patcher, self.checkpointing))
+        self._stack.enter_context(
+            gradient_checkpointing(self.patcher, self.checkpointing, self.checkpoint_depth, self.offloading)
+        )
+        self._stack.enter_context(training_flags(self.quantized_backward))
         self.patcher.model.requires_grad_(False)
         unload_clones(self.patcher)
-        comfy.model_management.load_models_gpu([self.patcher], memory_required=1e20, force_full_load=True)
+        comfy.model_management.load_models_gpu(
+            [self.patcher], memory_required=1e20, force_full_load=not self.offloading
+        )
         self._loaded = True
         install_lora(self.lora)
+        self._stack.callback(self.lora.switch.eject)  # bypass hooks out before checkpointing is undone
         return self
 
     def __exit__(self, *exc: object) -> None:

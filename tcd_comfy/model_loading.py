@@ -29,19 +29,51 @@ def release_model(patcher: Any) -> None:
     comfy.model_management.soft_empty_cache()
 
 
+def checkpointed_modules(diffusion_model: Any, depth: int) -> list[Any]:
+    """The modules checkpointed at ``depth`` (1: the network's top-level blocks, 2: their children, ...), found
+    by Train LoRA's own functions (``find_modules_at_depth`` counts the network itself as depth 1)."""
+    from comfy_extras import nodes_train
+
+    if depth == 1:
+        return nodes_train.find_all_highest_child_module_with_forward(diffusion_model)
+    return nodes_train.find_modules_at_depth(diffusion_model, depth=depth + 1)
+
+
 @contextlib.contextmanager
-def gradient_checkpointing(patcher: Any, enabled: bool) -> Iterator[None]:
-    """ComfyUI's Train LoRA checkpointing (its own patch / unpatch of the UNet's top blocks), undone after."""
+def gradient_checkpointing(patcher: Any, enabled: bool, depth: int = 1, offloading: bool = False) -> Iterator[None]:
+    """ComfyUI's Train LoRA checkpointing (its own patch / unpatch, with its offloading variant where asked)
+    of the modules at ``depth``, undone after."""
     if not enabled:
         yield
         return
     from comfy_extras import nodes_train
 
     diffusion_model = patcher.model.diffusion_model
-    for module in nodes_train.find_all_highest_child_module_with_forward(diffusion_model):
-        nodes_train.patch(module)
+    for module in checkpointed_modules(diffusion_model, depth):
+        if offloading:
+            nodes_train.patch(module, offloading=True)
+        else:
+            nodes_train.patch(module)
     try:
         yield
     finally:
         for module in diffusion_model.modules():
             nodes_train.unpatch(module)
+
+
+@contextlib.contextmanager
+def training_flags(quantized_backward: bool) -> Iterator[None]:
+    """ComfyUI's training switches where the host has them (``comfy.model_management.in_training``, which
+    keeps its ops off inference-only fast paths, and ``training_fp8_bwd``), as Train LoRA sets them."""
+    management = comfy.model_management
+    names = [name for name in ("in_training", "training_fp8_bwd") if hasattr(management, name)]
+    saved = {name: getattr(management, name) for name in names}
+    if "in_training" in saved:
+        management.in_training = True
+    if "training_fp8_bwd" in saved:
+        management.training_fp8_bwd = quantized_backward
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(management, name, value)

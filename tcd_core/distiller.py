@@ -45,7 +45,7 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "SGD": torch.optim.SGD,
     "RMSprop": torch.optim.RMSprop,
 }  # ComfyUI Train LoRA's list
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}  # training_dtype "none" = the model's own
 
 
 class TrainingDiverged(RuntimeError):
@@ -94,8 +94,10 @@ class TrainSettings:
         low=0, high=0xFFFFFFFFFFFFFFFF,
     )  # fmt: skip
     training_dtype: str = setting(
-        "bf16", "The dtype the network computes in (bf16: half the memory; fp32: exact, slow).",
-        choices=tuple(DTYPES), cli=False,
+        "bf16",
+        "The dtype the network computes in (bf16: half the memory; fp32: exact, slow; none: the model's own, as "
+        "ComfyUI samples it, e.g. for fp8 weights).",
+        choices=(*DTYPES, "none"), cli=False,
     )  # fmt: skip
     lora_dtype: str = setting(
         "fp32",

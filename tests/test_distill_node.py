@@ -333,6 +333,127 @@ def test_bad_inputs_are_refused_before_training(node: Any, overrides: dict, frag
         assert fragment in str(error.value)
 
 
+# --- Train LoRA's newer inputs (issue 19): algorithm, training_dtype none, bucket mode, preview, host checks ---------
+
+
+@pytest.mark.parametrize("algorithm", ["LoHa", "LoKr", "OFT"])
+def test_other_adapter_families_train_and_every_key_patches(
+    node: Any, training: SimpleNamespace, algorithm: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import comfy.lora
+    import comfy.sd
+
+    model = tiny_model()
+    before = unet_output(model)
+    _, lora, loss_map, _ = run(node, model=model, algorithm=algorithm, learning_rate=0.01)
+    assert all(np.isfinite(loss_map["loss"]))
+    assert not any("lora_up" in key for key in lora), f"{algorithm} saved LoRA factors"
+    targets = {name for name, _ in training.lora_targets(model.model)}
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    with caplog.at_level("WARNING"):
+        patches = comfy.lora.load_lora(lora, key_map, log_missing=True)
+    assert "not loaded" not in caplog.text, "a saved key was dropped"
+    assert set(patches) == {f"{name}.weight" for name in targets}, "a layer's adapter did not load"
+    assert {type(patch).__name__ for patch in patches.values()} == {f"{algorithm}Adapter"}
+    patched, _ = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0)
+    assert not unet_output(patched).equal(before), f"the trained {algorithm} does not change the prediction"
+
+
+def test_training_dtype_none_on_an_fp32_model_trains_the_fp32_lora(node: Any) -> None:
+    fp32 = run(node, training_dtype="fp32")
+    native = run(node, training_dtype="none")
+    assert native[2]["loss"] == fp32[2]["loss"]
+    assert all(torch.equal(native[1][k], fp32[1][k]) for k in fp32[1])
+
+
+def test_bucket_mode_draws_every_batch_from_one_size(node: Any, training: SimpleNamespace) -> None:
+    """ResolutionBucket's output (one batched latent per size, one conditioning list per bucket) in bucket mode:
+    each batch holds one size, the buckets drawn in proportion to their size; off, a batch mixes sizes."""
+    model = tiny_model()
+    buckets = [latents(3, 8, seed=1), latents(1, 16, seed=2)]
+    positive = [conditioning(1, 3), conditioning(1, 1)]
+    args = inputs(model=model, latents=buckets, positive=positive, batch_size=2)
+    facts = training.model_facts(model)
+    dataset = training.build_dataset(model, args["latents"], args["positive"], args["negative"], facts)
+    assert dataset.buckets() == [[0, 1, 2], [3]]
+    config = training.DistillConfig(prediction_type=facts.prediction_type)
+    settings = training.TrainSettings(rank=4, batch_size=2, training_dtype="fp32")
+    host_module = importlib.import_module(f"{training.DistillRun.__module__.rsplit('.', 1)[0]}.host_training")
+    for bucket_mode in (True, False):
+        host = host_module.HostTraining(bucket_mode=bucket_mode)
+        run_ = training.DistillRun(model, dataset, facts, config, settings, host=host)
+        draws = [run_.draw_indices() for _ in range(200)]
+        sizes = {len({tuple(dataset.latents[i].shape) for i in draw}) for draw in draws}
+        if bucket_mode:
+            assert sizes == {1}, "a bucket-mode batch mixed sizes"
+            share_small = sum(draw[0] < 3 for draw in draws) / len(draws)
+            assert 0.6 < share_small < 0.9, share_small  # 3 of 4 images are in the small bucket
+            assert {len(draw) for draw in draws} == {1, 2}  # the 1-image bucket gives a batch of 1
+        else:
+            assert 2 in sizes, "off, batches mix sizes as before"
+    trained = run(node, latents=buckets, positive=positive, bucket_mode=True)
+    assert len(trained[2]["loss"]) == 2 and all(np.isfinite(trained[2]["loss"]))
+
+
+def test_previews_show_the_student_and_do_not_change_what_is_trained(comfy: Comfy, node: Any) -> None:
+    import comfy.utils
+    from PIL import Image
+
+    shown: list[tuple[int, Any]] = []
+
+    def hook(value: int, total: int, preview: Any, node_id: Any = None) -> None:
+        if preview is not None:
+            shown.append((value, preview))
+
+    plain = run(node, steps=4)
+    comfy.utils.set_progress_bar_global_hook(hook)
+    try:
+        previewed = run(node, steps=4, preview_every=2)
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+    assert [value for value, _ in shown] == [2, 4]
+    for _, (kind, image, _size) in shown:
+        assert kind == "JPEG" and isinstance(image, Image.Image) and image.size == (8, 8)
+    first, last = (np.asarray(image, dtype=np.float32) for _, (_, image, _) in shown)
+    assert np.abs(first - last).max() > 0, "the preview did not follow the student"
+    assert previewed[2]["loss"] == plain[2]["loss"]
+    assert all(torch.equal(previewed[1][k], plain[1][k]) for k in plain[1]), "previews changed the LoRA"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [
+        ({"algorithm": "LoHa", "existing_lora": "x.safetensors"}, ("TCD Distill LoRA algorithm:", "set algorithm to")),
+        ({"algorithm": "GLoRA"}, ("TCD Distill LoRA algorithm", "must be one of 'LoRA'")),
+        ({"checkpoint_depth": 9}, ("TCD Distill LoRA checkpoint_depth", "1..5")),
+        ({"preview_every": -1}, ("TCD Distill LoRA preview_every", "0..100000")),
+        ({"training_dtype": "fp8"}, ("TCD Distill LoRA training_dtype", "'none'")),
+    ],
+    ids=["algorithm-existing", "algorithm", "depth", "preview", "dtype"],
+)
+def test_bad_newer_inputs_are_refused_before_training(node: Any, overrides: dict, fragments: tuple) -> None:
+    with pytest.raises(ValueError) as error:
+        run(node, **overrides)
+    for fragment in fragments:
+        assert fragment in str(error.value)
+
+
+def test_a_mechanism_this_comfyui_lacks_is_refused_naming_the_version_that_has_it(
+    node: Any, training: SimpleNamespace
+) -> None:
+    """On a host without bypass adapters / offloading / checkpoint depth / fp8 backward (ComfyUI 0.3.75), asking
+    for one is refused before training; on a host that has them they train (tests/test_hosts.py)."""
+    host_module = importlib.import_module(f"{training.DistillRun.__module__.rsplit('.', 1)[0]}.host_training")
+    missing = [name for name in host_module.MECHANISMS if not host_module.host_has(name)]
+    asked = {"bypass_mode": True, "offloading": True, "checkpoint_depth": 2, "quantized_backward": True}
+    assert missing, "this host has every newer mechanism: this test is for an older one"
+    for name in missing:
+        with pytest.raises(ValueError) as error:
+            run(node, **{name: asked[name]})
+        message = str(error.value)
+        assert message.startswith(f"TCD Distill LoRA {name}:") and "ComfyUI 0.30.0 or newer has it" in message
+
+
 # --- through the real server, on the SD1.5 test checkpoint ------------------------------------------------
 
 Graph = dict[str, dict[str, Any]]
