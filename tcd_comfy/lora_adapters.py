@@ -232,8 +232,10 @@ def attach_lora(
         adapter.requires_grad_(True)
         if isinstance(getattr(adapter, "alpha", None), Tensor):
             adapter.alpha.requires_grad_(False)
-        if not bypass:
-            lora.wrappers[f"{name}.weight"] = SwitchedAdapter(adapter, lora.switch)
+        # Bypass: the layer's own weight meets autograd (its input's gradient needs it), so it must not be an
+        # inference tensor; a manual-cast copy (an fp8 weight computed in fp32) already is a normal one.
+        wrapper = FreshWeight() if bypass else SwitchedAdapter(adapter, lora.switch)
+        lora.wrappers[f"{name}.weight"] = wrapper
     modules = dict(patcher.model.named_modules())
     for name in frozen_weight_layers(patcher.model):
         for param in ("weight", "bias"):

@@ -438,20 +438,82 @@ def test_bad_newer_inputs_are_refused_before_training(node: Any, overrides: dict
         assert fragment in str(error.value)
 
 
-def test_a_mechanism_this_comfyui_lacks_is_refused_naming_the_version_that_has_it(
-    node: Any, training: SimpleNamespace
+def host_training(training: SimpleNamespace) -> Any:
+    return importlib.import_module(f"{training.DistillRun.__module__.rsplit('.', 1)[0]}.host_training")
+
+
+def fp8_model(seed: int = 0) -> Any:
+    """``tiny_model``'s weights stored as float8_e4m3fn (computed in fp32 through ComfyUI's manual cast), as an
+    fp8 checkpoint loads."""
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = comfy.supported_models.SD15(dict(TINY_SD15_UNET, dtype=torch.float8_e4m3fn))
+    config.set_inference_dtype(torch.float8_e4m3fn, torch.float32)
+    base = config.get_model({})
+    reference = tiny_model(seed)
+    base.diffusion_model.load_state_dict(reference.model.diffusion_model.state_dict())
+    device = reference.load_device
+    return comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=device)
+
+
+# What each newer mechanism is asked with; on a host that has it, it trains the LoRA the default run trains (the
+# same math, run another way: bit for bit, or to float rounding for bypass's separate adapter matmul).
+MECHANISM_RUNS = {
+    "bypass_mode": ({"bypass_mode": True}, 1e-4),
+    "offloading": ({"offloading": True}, 0.0),
+    "checkpoint_depth": ({"checkpoint_depth": 3}, 0.0),
+    "quantized_backward": ({"quantized_backward": True}, 0.0),
+}
+
+
+@pytest.mark.parametrize("name", list(MECHANISM_RUNS))
+def test_each_newer_mechanism_trains_on_a_host_that_has_it_and_is_refused_on_one_that_lacks_it(
+    node: Any, training: SimpleNamespace, name: str
 ) -> None:
-    """On a host without bypass adapters / offloading / checkpoint depth / fp8 backward (ComfyUI 0.3.75), asking
-    for one is refused before training; on a host that has them they train (tests/test_hosts.py)."""
-    host_module = importlib.import_module(f"{training.DistillRun.__module__.rsplit('.', 1)[0]}.host_training")
-    missing = [name for name in host_module.MECHANISMS if not host_module.host_has(name)]
-    asked = {"bypass_mode": True, "offloading": True, "checkpoint_depth": 2, "quantized_backward": True}
-    assert missing, "this host has every newer mechanism: this test is for an older one"
-    for name in missing:
+    host = host_training(training)
+    overrides, tolerance = MECHANISM_RUNS[name]
+    if not host.host_has(name):  # ComfyUI 0.3.75
         with pytest.raises(ValueError) as error:
-            run(node, **{name: asked[name]})
+            run(node, **overrides)
         message = str(error.value)
         assert message.startswith(f"TCD Distill LoRA {name}:") and "ComfyUI 0.30.0 or newer has it" in message
+        return
+    default = run(node)
+    asked = run(node, **overrides)
+    assert all(np.isfinite(asked[2]["loss"]))
+    for key, tensor in default[1].items():
+        torch.testing.assert_close(asked[1][key], tensor, rtol=tolerance, atol=tolerance)
+
+
+def test_bypass_mode_trains_on_fp8_weights_with_the_teacher_the_untouched_base(
+    node: Any, training: SimpleNamespace, caplog: pytest.LogCaptureFixture
+) -> None:
+    import comfy.lora
+    import comfy.sd
+
+    host = host_training(training)
+    model = fp8_model()
+    if not host.host_has("bypass_mode"):
+        with pytest.raises(ValueError, match="TCD Distill LoRA bypass_mode: .*ComfyUI 0.30.0 or newer has it"):
+            run(node, model=model, bypass_mode=True)
+        return
+    before_out, before_weights = unet_output(model), weights(model)
+    assert {t.dtype for k, t in before_weights.items() if k.endswith(".weight")} == {torch.float8_e4m3fn}
+    _, lora, loss_map, _ = run(node, model=model, bypass_mode=True, learning_rate=0.01)
+    assert all(np.isfinite(loss_map["loss"]))
+    after = weights(model)
+    for key, tensor in before_weights.items():
+        assert after[key].dtype == tensor.dtype and torch.equal(after[key].float(), tensor.float()), key
+    for module in model.model.diffusion_model.modules():
+        assert "forward" not in vars(module), "a bypass hook was left on a layer"
+    torch.testing.assert_close(unet_output(model), before_out, rtol=0, atol=0)
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    with caplog.at_level("WARNING"):
+        patches = comfy.lora.load_lora(lora, key_map, log_missing=True)
+    assert "not loaded" not in caplog.text and len(patches) == len(lora) // 3, "a saved key was dropped"
+    patched, _ = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0)
+    assert not unet_output(patched).equal(before_out), "the LoRA trained on fp8 weights does not act"
 
 
 # --- through the real server, on the SD1.5 test checkpoint ------------------------------------------------
