@@ -7,12 +7,15 @@ from .distill import (
     EMA,
     DistillConfig,
     DistillTerms,
+    FlowSchedule,
     ModelFn,
     TrainingPoints,
+    VPSchedule,
     distill_loss,
     distill_terms,
     draw_training_points,
     scaled_linear_alphas_cumprod,
+    shifted_flow_sigmas,
 )
 from .errors import TCDInputError
 from .gamma import DEFAULT_GAMMA, GammaSchedule, GammaScheduleKind, parse_gamma_list
@@ -55,10 +58,13 @@ __all__ += [
     "EMA",
     "DistillConfig",
     "DistillTerms",
+    "FlowSchedule",
     "ModelFn",
     "TrainingPoints",
+    "VPSchedule",
     "distill_loss",
     "distill_terms",
     "draw_training_points",
     "scaled_linear_alphas_cumprod",
+    "shifted_flow_sigmas",
 ]

@@ -25,7 +25,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .distill import EMA, DistillConfig, ModelFn, TrainingPoints, distill_loss, draw_training_points
+from .distill import (
+    EMA,
+    DistillConfig,
+    ModelFn,
+    NoiseSchedule,
+    TrainingPoints,
+    distill_loss,
+    draw_training_points,
+    noise_schedule,
+)
 from .settings import check_fields, setting
 
 __all__ = [
@@ -160,14 +169,16 @@ class StepHooks:
 class Distiller:
     """Distillation of ``student`` (with its trainable ``params``) from ``teacher`` with Eq. 29.
 
-    The target is the student itself under no_grad (``config.ema_decay == 0``, stop-grad) or the student
-    with the EMA of ``params`` swapped in (``self.ema``). ``generator`` (a CPU generator) draws what a
+    ``schedule``: the model's noise schedule, a ``VPSchedule`` (or its bare ``alphas_cumprod`` tensor) or a
+    ``FlowSchedule`` of the model's own sigmas; it and ``config`` are checked together on construction, before
+    any work. The target is the student itself under no_grad (``config.ema_decay == 0``, stop-grad) or the
+    student with the EMA of ``params`` swapped in (``self.ema``). ``generator`` (a CPU generator) draws what a
     batch does not bring. A non-finite loss or gradient stops training with ``TrainingDiverged`` before
     the optimizer steps, so the weights (and the EMA) stay those of the last finite step.
     """
 
     config: DistillConfig
-    alphas_cumprod: Tensor
+    schedule: NoiseSchedule | Tensor
     student: ModelFn
     teacher: ModelFn
     params: list[Tensor]
@@ -179,14 +190,15 @@ class Distiller:
     steps_taken: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
+        noise_schedule(self.config, self.schedule)
         self.ema = EMA(self.params, self.config.ema_decay) if self.config.ema_decay > 0 else None
 
-    def target(self, x_t: Tensor, t: Tensor, cond: Any) -> Tensor:
-        """The target network (called under no_grad by ``distill_loss``)."""
+    def target(self, x_t: Tensor, t: Tensor, cond: Any, **inputs: Any) -> Tensor:
+        """The target network (called under no_grad by ``distill_loss``; ``inputs``: e.g. ``guidance``)."""
         if self.ema is None:
-            return self.student(x_t, t, cond)
+            return self.student(x_t, t, cond, **inputs)
         with self.ema.swapped_in(self.params):
-            return self.student(x_t, t, cond)
+            return self.student(x_t, t, cond, **inputs)
 
     def loss(self, batch: DistillBatch) -> Tensor:
         """Eq. 29's loss of one group; draws its noise, then its training points, when not given."""
@@ -198,7 +210,7 @@ class Distiller:
         if points is None:
             points = draw_training_points(self.config, x0.shape[0], self.generator, x0.device)
         return distill_loss(
-            self.config, self.alphas_cumprod, x0, noise, points, self.student, self.teacher, self.target,
+            self.config, self.schedule, x0, noise, points, self.student, self.teacher, self.target,
             batch.cond, batch.uncond,
         )  # fmt: skip
 

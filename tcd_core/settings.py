@@ -25,7 +25,7 @@ class Setting:
     ``low`` / ``high``: inclusive bounds of a number; ``choices``: the allowed strings; ``step``: the
     UI's increment for a float; ``flag``: the trainer's option name where it is not ``--<field>``
     (diffusers' script names, e.g. ``--w_min``); ``node`` / ``cli``: False for fields the node / the
-    trainer does not offer.
+    trainer does not offer; ``optional``: None is accepted too (the value was not given).
     """
 
     tooltip: str
@@ -37,6 +37,7 @@ class Setting:
     flag: str | None = None
     node: bool = True
     cli: bool = True
+    optional: bool = False
 
     def option(self, name: str) -> str:
         """The trainer's option name of the field ``name``."""
@@ -44,6 +45,8 @@ class Setting:
 
     def refusal(self, value: object) -> str | None:
         """Why ``value`` is refused (the message without the field's name), or None when it is accepted."""
+        if value is None and self.optional:
+            return None
         if self.choices is not None:
             ok = isinstance(value, str) and value in self.choices
             return None if ok else f"must be one of {', '.join(repr(c) for c in self.choices)}, got {value!r}"

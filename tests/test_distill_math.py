@@ -168,13 +168,19 @@ def test_v_prediction_converts_to_the_same_x0_and_eps() -> None:
         assert torch.allclose(x0_hat, x0, atol=1e-12) and torch.allclose(eps_hat, eps, atol=1e-12)
 
 
-@pytest.mark.parametrize("bad", ["sample", "x0", "flow", "epsilon", "v_prediction", ""])
+@pytest.mark.parametrize("bad", ["sample", "epsilon", "v_prediction", "velocity", ""])
 def test_other_prediction_types_are_refused_by_name(bad: str) -> None:
     x = torch.zeros(1, 2)
-    with pytest.raises(TCDInputError, match=r"prediction_type must be one of 'eps', 'v'"):
+    with pytest.raises(TCDInputError, match=r"prediction_type must be one of 'eps', 'v', 'flow', 'x0', got"):
         split_prediction(x, x, torch.tensor([5]), AC, bad)
     with pytest.raises(TCDInputError, match="prediction_type"):
         DistillConfig(prediction_type=bad)
+
+
+def test_flow_output_on_a_vp_schedule_is_refused_naming_the_path() -> None:
+    x = torch.zeros(1, 2)
+    with pytest.raises(TCDInputError, match=r"prediction_type must be one of 'eps', 'v', 'x0' on a VP schedule"):
+        split_prediction(x, x, torch.tensor([5]), AC, "flow")
 
 
 def test_tcf1_is_the_ddim_jump_and_the_identity_at_s_equal_t() -> None:
@@ -621,7 +627,7 @@ def test_ema_target_equals_a_separate_copy_with_the_averaged_weights() -> None:
 
 BAD_CONFIGS = [
     ("method", "consistency", "method must be one of 'tcd', 'lcm'"),
-    ("prediction_type", "flow", "prediction_type must be one of 'eps', 'v'"),
+    ("prediction_type", "sample", "prediction_type must be one of 'eps', 'v', 'flow', 'x0'"),
     ("num_ddim_timesteps", 0, "num_ddim_timesteps must be a whole number in 1..1000"),
     ("num_ddim_timesteps", 1001, "num_ddim_timesteps must be a whole number in 1..1000"),
     ("num_ddim_timesteps", 50.0, "num_ddim_timesteps must be a whole number"),
