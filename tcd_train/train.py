@@ -97,7 +97,8 @@ def write_atomically(path: Path, data: bytes) -> None:
     partial = path.with_name(f".{path.name}{PARTIAL}")
     partial.unlink(missing_ok=True)
     try:
-        with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as file:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)  # O_BINARY: Windows
+        with open(os.open(partial, flags, 0o666), "wb") as file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
@@ -117,6 +118,8 @@ def save_lora(student: Any, path: Path, metadata: dict[str, str]) -> None:
 
 def _fsync(path: Path) -> None:
     """Flush a file's or a folder's (its entries') writes to the disk."""
+    if os.name == "nt" and path.is_dir():
+        return  # Windows opens no folder to flush it (NTFS journals its renames)
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -132,8 +135,8 @@ def _save_pause() -> None:
 
 
 def commit_checkpoint(saving: Path, step: int) -> Path:
-    """``checkpoint-N.saving`` -> ``checkpoint-N``, once every file in it is on the disk: the marker last, its
-    files given the marker's (umask-respecting) mode, then the rename that makes it a checkpoint."""
+    """``checkpoint-N.saving`` -> ``checkpoint-N``: the marker after every other file, every file given the
+    marker's (umask-respecting) mode and flushed to the disk, then the rename that makes it a checkpoint."""
     marker = saving / CHECKPOINT_MARKER
     write_atomically(marker, json.dumps({"step": step}).encode())
     mode = stat.S_IMODE(marker.stat().st_mode)  # accelerate's model.safetensors comes 0600 from safetensors 0.8
@@ -267,7 +270,7 @@ def train(args: argparse.Namespace, draws: Any = None) -> dict:
     os.makedirs(args.output_dir, exist_ok=True)
     if is_main:
         for name in remove_leftovers(Path(args.output_dir), args.output_name):
-            print(f"tcd_train: removed {name}, left half-written by an interrupted run", file=sys.stderr)
+            print(f"tcd_train: removed {name}, left half done by an interrupted run", file=sys.stderr)
 
     with torch.inference_mode(False), student:
         text = engine.TextEncoder(clip)

@@ -156,9 +156,11 @@ def delta_difference(a: dict, b: dict, start: dict) -> tuple[float, float, float
 
 @pytest.fixture(scope="module")
 def launched(checkpoint: Path, shards: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Both subprocess runs started at once (the two cores share them): 2 x B with SGD, and a killed AdamW run."""
+    """Both subprocess runs started at once (the two cores share them): 2 x B with SGD (a checkpoint at step 1, umask
+    022), and a killed AdamW run."""
     root = tmp_path_factory.mktemp("launched")
-    ddp = launch(trainer_args(checkpoint, shards, root / "ddp", 1, "--optimizer", "SGD", "--learning_rate", "0.2"), 2)
+    ddp = launch(trainer_args(checkpoint, shards, root / "ddp", 1, "--optimizer", "SGD", "--learning_rate", "0.2",
+                              "--checkpointing_steps", "1"), 2, umask=0o022)  # fmt: skip
     killed_dir = root / "killed"
     killed = launch(trainer_args(checkpoint, shards, killed_dir, 2, "--checkpointing_steps", "1", "--stop_at_step",
                                  str(KILL_AT)))  # fmt: skip
@@ -193,6 +195,10 @@ def test_two_processes_with_batch_b_train_the_lora_of_one_process_with_batch_2b(
     # differ by O(1). The same batch-B forwards summed by DDP or by accumulation agree to round-off of the sum.
     assert rel < 1e-3
     assert rel_acc < 1e-5
+    # the checkpoint both processes saved (each its RNG state), renamed whole by the main one; 0644 under umask 022
+    assert assert_whole_checkpoints(out, 0o644) == [1] and (out / "checkpoint-1" / "random_states_1.pkl").is_file()
+    assert stat.S_IMODE((out / "tcd_lora.safetensors").stat().st_mode) == 0o644
+    assert not [p.name for p in out.iterdir() if p.name.endswith((".saving", ".deleting", ".partial"))]
 
 
 def test_a_killed_run_resumed_from_latest_equals_an_uninterrupted_one(
@@ -225,7 +231,7 @@ def kill_chain_args(checkpoint: Path, shards: str, out: Path, *extra: str) -> li
                         *extra)  # fmt: skip
 
 
-def wait_for_new(path: Path, process: subprocess.Popen, timeout: float = 300) -> bool:
+def wait_for_new(path: Path, process: subprocess.Popen, timeout: float = 120) -> bool:
     """Poll every 5 ms until ``path`` is made (True): if a killed run left one, until the trainer has removed it
     and made it again; False if the process ended or ``timeout`` passed first."""
     deadline, gone = time.monotonic() + timeout, not path.exists()
@@ -688,4 +694,5 @@ def test_a_diverging_run_stops_naming_the_step_and_saves_no_lora(checkpoint: Pat
         train_here(argv)
     step = int(error.value.args[0].split("at step ")[1].split(":")[0])
     assert not (out / "tcd_lora.safetensors").exists()
-    assert (step == 1) or (out / f"checkpoint-{step - 1}").is_dir(), "the last good checkpoint is not there"
+    assert not [p.name for p in out.iterdir() if p.name.endswith((".saving", ".deleting", ".partial"))]
+    assert (step == 1) or (out / f"checkpoint-{step - 1}" / "tcd_checkpoint.json").is_file(), "no last good checkpoint"
