@@ -21,7 +21,6 @@ import comfy.model_detection
 import comfy.sample
 import comfy.samplers
 import comfy.sd
-import comfy.utils
 import torch
 from torch import Tensor
 
@@ -237,9 +236,12 @@ def validation_images(student: LoraStudent, vae: Any, text: TextEncoder, prompts
     return images
 
 
-def save_lora(student: LoraStudent, path: str, metadata: dict[str, str]) -> None:
-    """The student's LoRA in ComfyUI's saved-LoRA layout (the node's), as safetensors."""
-    comfy.utils.save_torch_file(student.lora_state_dict(), str(path), metadata=metadata)
+def lora_bytes(student: LoraStudent, metadata: dict[str, str]) -> bytes:
+    """The student's LoRA in ComfyUI's saved-LoRA layout (the node's), as a safetensors file's bytes (the trainer
+    writes them atomically: tcd_train.train.write_atomically)."""
+    import safetensors.torch
+
+    return safetensors.torch.save(student.lora_state_dict(), metadata=metadata)
 
 
 def lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:

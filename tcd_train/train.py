@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,10 @@ from .comfy_host import import_comfyui
 from .options import TrainerError, build_parser, check_options, parse_resolution
 
 CHECKPOINT_PREFIX = "checkpoint-"
+CHECKPOINT_MARKER = "tcd_checkpoint.json"  # written last: only a folder holding it is a whole checkpoint
+SAVING, DELETING = ".saving", ".deleting"  # a checkpoint being written (renamed when whole), one being deleted
+PARTIAL = ".partial"  # a file being written (.<name>.partial beside it), renamed when whole
+SAVE_PAUSE_ENV = "TCD_TRAIN_TEST_SAVE_PAUSE"  # tests only: seconds to pause between a save's phases
 
 
 class TrainState:
@@ -52,16 +57,23 @@ class TrainState:
             self.distiller.ema.load_state_dict(state["ema"])
 
 
-def checkpoints(output_dir: str) -> list[Path]:
-    """Checkpoint folders in ``output_dir``, oldest first."""
+def checkpoints(output_dir: str | Path) -> list[Path]:
+    """The whole checkpoint folders in ``output_dir`` (``checkpoint-N`` holding the marker), oldest first;
+    ``checkpoint-N.saving`` (a save a kill or crash interrupted) and ``.deleting`` ones are never listed."""
     root = Path(output_dir)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and re.fullmatch(rf"{CHECKPOINT_PREFIX}\d+", p.name)]
+    found = [p for p in root.iterdir() if re.fullmatch(rf"{CHECKPOINT_PREFIX}\d+", p.name) and is_complete(p)]
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
 
 
+def is_complete(folder: Path) -> bool:
+    """A checkpoint whose save finished: a folder under its final name with the marker, written last, in it."""
+    return folder.is_dir() and not folder.name.endswith((SAVING, DELETING)) and (folder / CHECKPOINT_MARKER).is_file()
+
+
 def resume_path(args: argparse.Namespace) -> Path | None:
+    """The checkpoint to resume from: the newest whole one for 'latest' (None when there is none yet)."""
     if not args.resume_from_checkpoint:
         return None
     if args.resume_from_checkpoint == "latest":
@@ -70,7 +82,106 @@ def resume_path(args: argparse.Namespace) -> Path | None:
     path = Path(args.resume_from_checkpoint)
     if not path.is_dir():
         raise TrainerError(f"--resume_from_checkpoint {path}: no such checkpoint folder")
+    if not is_complete(path):
+        raise TrainerError(
+            f"--resume_from_checkpoint {path}: an incomplete checkpoint (its save did not finish: no "
+            f"{CHECKPOINT_MARKER}); name a whole checkpoint-N folder, or 'latest' for the newest whole one"
+        )
     return path
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """``data`` into ``path`` through ``.<name>.partial`` beside it and a rename: ``path`` is whole or absent,
+    never half written (a kill, a crash, a full disk). Created as a plain open() creates a file (0o666 less the
+    umask), as ComfyUI's SaveLoRA wrote before safetensors 0.8 began writing through a 0600 temporary file."""
+    partial = path.with_name(f".{path.name}{PARTIAL}")
+    partial.unlink(missing_ok=True)
+    try:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)  # O_BINARY: Windows
+        with open(os.open(partial, flags, 0o666), "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    _fsync(path.parent)
+
+
+def save_lora(student: Any, path: Path, metadata: dict[str, str]) -> None:
+    """The LoRA so far as ``path`` (ComfyUI's saved-LoRA layout), written atomically."""
+    from . import engine
+
+    write_atomically(path, engine.lora_bytes(student, metadata))
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a folder's (its entries') writes to the disk."""
+    if os.name == "nt" and path.is_dir():
+        return  # Windows opens no folder to flush it (NTFS journals its renames)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _save_pause() -> None:
+    """Tests only: pause ``$TCD_TRAIN_TEST_SAVE_PAUSE`` seconds between a save's phases, so that a kill lands in one."""
+    seconds = float(os.environ.get(SAVE_PAUSE_ENV) or 0)
+    if seconds > 0:
+        time.sleep(seconds)
+
+
+def commit_checkpoint(saving: Path, step: int) -> Path:
+    """``checkpoint-N.saving`` -> ``checkpoint-N``: the marker after every other file, every file given the
+    marker's (umask-respecting) mode and flushed to the disk, then the rename that makes it a checkpoint."""
+    marker = saving / CHECKPOINT_MARKER
+    write_atomically(marker, json.dumps({"step": step}).encode())
+    mode = stat.S_IMODE(marker.stat().st_mode)  # accelerate's model.safetensors comes 0600 from safetensors 0.8
+    for path in sorted(saving.rglob("*")):
+        if path.is_file() and stat.S_IMODE(path.stat().st_mode) != mode:
+            path.chmod(mode)
+        _fsync(path)
+    _fsync(saving)
+    final = saving.with_name(f"{CHECKPOINT_PREFIX}{step}")
+    if final.exists():  # an earlier run's checkpoint-N (this one resumed from an older checkpoint)
+        discard(final)
+    os.rename(saving, final)
+    _fsync(final.parent)
+    return final
+
+
+def discard(folder: Path) -> None:
+    """Delete a checkpoint folder: renamed to ``.deleting`` first, so that a kill mid-deletion leaves no
+    half-deleted ``checkpoint-N``."""
+    doomed = folder.with_name(folder.name + DELETING)
+    if doomed.exists():
+        shutil.rmtree(doomed)
+    os.rename(folder, doomed)
+    shutil.rmtree(doomed)
+
+
+def rotate_checkpoints(output_dir: Path, limit: int, newest: Path) -> None:
+    """Keep ``limit`` whole checkpoints, ``newest`` (just committed) among them: the oldest others go."""
+    others = [p for p in checkpoints(output_dir) if p != newest]
+    for old in others[: max(0, len(others) - limit + 1)]:
+        discard(old)
+
+
+def remove_leftovers(output_dir: Path, output_name: str) -> list[str]:
+    """What a killed run left half done (``checkpoint-N.saving`` / ``.deleting``, a ``.partial`` LoRA): removed;
+    returns their names."""
+    pattern = rf"{CHECKPOINT_PREFIX}\d+({re.escape(SAVING)}|{re.escape(DELETING)})"
+    left = [p for p in output_dir.iterdir() if p.is_dir() and re.fullmatch(pattern, p.name)]
+    partial = output_dir / f".{output_name}.safetensors{PARTIAL}"
+    for path in left:
+        shutil.rmtree(path)
+    if partial.exists():
+        partial.unlink()
+        left.append(partial)
+    return sorted(p.name for p in left)
 
 
 def open_source(args: argparse.Namespace, resolution) -> Any:
@@ -157,6 +268,9 @@ def train(args: argparse.Namespace, draws: Any = None) -> dict:
         student, config = engine.open_student(patcher, config, settings, compute_dtype)
     is_main = accelerator.is_main_process
     os.makedirs(args.output_dir, exist_ok=True)
+    if is_main:
+        for name in remove_leftovers(Path(args.output_dir), args.output_name):
+            print(f"tcd_train: removed {name}, left half done by an interrupted run", file=sys.stderr)
 
     with torch.inference_mode(False), student:
         text = engine.TextEncoder(clip)
@@ -250,7 +364,7 @@ def train(args: argparse.Namespace, draws: Any = None) -> dict:
         accelerator.wait_for_everyone()
         lora_path = Path(args.output_dir) / f"{args.output_name}.safetensors"
         if is_main:
-            engine.save_lora(student, str(lora_path), {**metadata, "tcd_steps": str(state.step)})
+            save_lora(student, lora_path, {**metadata, "tcd_steps": str(state.step)})
         accelerator.end_training()
         steps_run = state.step - start_step
         warm = min(2, max(0, len(step_ends) - 2))  # steady state: after the first steps (allocator, kernels)
@@ -271,18 +385,24 @@ def train(args: argparse.Namespace, draws: Any = None) -> dict:
 
 
 def save_checkpoint(accelerator: Any, args: argparse.Namespace, student: Any, step: int, metadata: dict) -> None:
-    """accelerate's state (adapters, optimizer, scheduler, RNG, TrainState) and the LoRA so far."""
-    path = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{step}"
-    if accelerator.is_main_process and args.checkpoints_total_limit:
-        found = checkpoints(args.output_dir)
-        for old in found[: max(0, len(found) - args.checkpoints_total_limit + 1)]:
-            shutil.rmtree(old)
+    """accelerate's state (adapters, optimizer, scheduler, RNG, TrainState) and the LoRA so far, written into
+    ``checkpoint-N.saving`` and renamed ``checkpoint-N`` once whole; then (``--checkpoints_total_limit``) the
+    oldest go. A kill at any moment leaves the previous checkpoints whole, and ``latest`` never picks a half one."""
+    root = Path(args.output_dir)
+    saving = root / f"{CHECKPOINT_PREFIX}{step}{SAVING}"
+    if accelerator.is_main_process and saving.exists():
+        shutil.rmtree(saving)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(path))
+    accelerator.save_state(str(saving))  # on every process: the main one the weights, each its RNG states
+    accelerator.wait_for_everyone()  # every process's files are written: only then is the checkpoint whole
     if accelerator.is_main_process:
-        from . import engine
-
-        engine.save_lora(student, str(path / f"{args.output_name}.safetensors"), {**metadata, "tcd_steps": str(step)})
+        _save_pause()
+        save_lora(student, saving / f"{args.output_name}.safetensors", {**metadata, "tcd_steps": str(step)})
+        _save_pause()
+        final = commit_checkpoint(saving, step)
+        _save_pause()
+        if args.checkpoints_total_limit:
+            rotate_checkpoints(root, args.checkpoints_total_limit, final)
     accelerator.wait_for_everyone()
 
 

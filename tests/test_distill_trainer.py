@@ -13,9 +13,14 @@ import functools
 import io
 import logging
 import os
+import random
+import re
+import signal
+import stat
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -80,10 +85,16 @@ def trainer_args(checkpoint: Path, data: str, out: Path, batch: int, *extra: str
 
 
 def launch(
-    args: list[str], processes: int = 1, port: int = 29561, node: tuple[int, int] | None = None
+    args: list[str],
+    processes: int = 1,
+    port: int = 29561,
+    node: tuple[int, int] | None = None,
+    umask: int = -1,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen:
     """The trainer in a fresh process: alone, under torchrun on ``processes`` local processes, or as node
-    ``node = (rank, count)`` of a multi-node torchrun job (one process per node, rendezvous on localhost)."""
+    ``node = (rank, count)`` of a multi-node torchrun job (one process per node, rendezvous on localhost);
+    ``umask`` (-1: this process's) and ``env`` (added to this process's) for it."""
     launcher = [sys.executable, "-m", TRAINER]
     if processes > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
@@ -92,9 +103,9 @@ def launch(
         launcher = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={node[1]}",
                     f"--node_rank={node[0]}", "--nproc_per_node=1", "--master_addr=127.0.0.1",
                     f"--master_port={port}", "-m", TRAINER]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.Popen([*launcher, *args], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                            stderr=subprocess.STDOUT, text=True, umask=umask)  # fmt: skip
 
 
 def finish(process: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
@@ -145,9 +156,11 @@ def delta_difference(a: dict, b: dict, start: dict) -> tuple[float, float, float
 
 @pytest.fixture(scope="module")
 def launched(checkpoint: Path, shards: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Both subprocess runs started at once (the two cores share them): 2 x B with SGD, and a killed AdamW run."""
+    """Both subprocess runs started at once (the two cores share them): 2 x B with SGD (a checkpoint at step 1, umask
+    022), and a killed AdamW run."""
     root = tmp_path_factory.mktemp("launched")
-    ddp = launch(trainer_args(checkpoint, shards, root / "ddp", 1, "--optimizer", "SGD", "--learning_rate", "0.2"), 2)
+    ddp = launch(trainer_args(checkpoint, shards, root / "ddp", 1, "--optimizer", "SGD", "--learning_rate", "0.2",
+                              "--checkpointing_steps", "1"), 2, umask=0o022)  # fmt: skip
     killed_dir = root / "killed"
     killed = launch(trainer_args(checkpoint, shards, killed_dir, 2, "--checkpointing_steps", "1", "--stop_at_step",
                                  str(KILL_AT)))  # fmt: skip
@@ -182,6 +195,10 @@ def test_two_processes_with_batch_b_train_the_lora_of_one_process_with_batch_2b(
     # differ by O(1). The same batch-B forwards summed by DDP or by accumulation agree to round-off of the sum.
     assert rel < 1e-3
     assert rel_acc < 1e-5
+    # the checkpoint both processes saved (each its RNG state), renamed whole by the main one; 0644 under umask 022
+    assert assert_whole_checkpoints(out, 0o644) == [1] and (out / "checkpoint-1" / "random_states_1.pkl").is_file()
+    assert stat.S_IMODE((out / "tcd_lora.safetensors").stat().st_mode) == 0o644
+    assert not [p.name for p in out.iterdir() if p.name.endswith((".saving", ".deleting", ".partial"))]
 
 
 def test_a_killed_run_resumed_from_latest_equals_an_uninterrupted_one(
@@ -200,6 +217,164 @@ def test_a_killed_run_resumed_from_latest_equals_an_uninterrupted_one(
     print(f"killed at {KILL_AT} + resumed vs uninterrupted ({STEPS} AdamW steps): rel {rel:.3g}, max abs {max_abs:.3g}")
     assert moved > 1e-3
     assert rel < 1e-6
+
+
+KILL_STEPS, KILL_LIMIT, KILL_SEED = 6, 2, 19
+SAVE_PAUSE = 0.2  # seconds between a save's three phases ($TCD_TRAIN_TEST_SAVE_PAUSE): a save lasts about 0.7 s
+KILL_UMASK = 0o027  # the killed runs' umask: their files must come out 0640 (not 0600, not a fixed 0644)
+
+
+def kill_chain_args(checkpoint: Path, shards: str, out: Path, *extra: str) -> list[str]:
+    """AdamW + EMA at batch 1, a checkpoint every step, at most KILL_LIMIT kept."""
+    return trainer_args(checkpoint, shards, out, 1, "--max_train_steps", str(KILL_STEPS), "--checkpointing_steps",
+                        "1", "--checkpoints_total_limit", str(KILL_LIMIT), "--no-gradient_checkpointing",
+                        *extra)  # fmt: skip
+
+
+def wait_for_new(path: Path, process: subprocess.Popen, timeout: float = 120) -> bool:
+    """Poll every 5 ms until ``path`` is made (True): if a killed run left one, until the trainer has removed it
+    and made it again; False if the process ended or ``timeout`` passed first."""
+    deadline, gone = time.monotonic() + timeout, not path.exists()
+    while time.monotonic() < deadline and process.poll() is None:
+        exists = path.exists()
+        if gone and exists:
+            return True
+        gone = gone or not exists
+        time.sleep(0.005)
+    return False
+
+
+def kill_at_a_drawn_moment(process: subprocess.Popen, launched_at: float, out: Path, done: int, step: int | None,
+                           rng: random.Random, start_up: float) -> tuple[str, float, bool]:  # fmt: skip
+    """SIGKILL the trainer (resumed at step ``done``) at a moment drawn by ``rng``: uniformly within the (paused)
+    save of ``step``, or with ``step`` None uniformly within ``start_up`` seconds of the launch, or as the run's
+    next save begins if that comes first (always before the run's end).
+    Returns the moment in words, the seconds from the launch to the save waited for (0 for "launch"), and whether
+    a save of this run had begun (its start-up then removed the earlier leftovers: all leftovers are this run's)."""
+    if step is not None:
+        assert wait_for_new(out / f"checkpoint-{step}.saving", process), finish(process)[1][-4000:]
+        to_save, delay = time.monotonic() - launched_at, rng.uniform(0, 3 * SAVE_PAUSE)
+        time.sleep(delay)
+        moment, saved = f"{delay:.2f} s into the save of step {step}", True
+    else:
+        delay, to_save = rng.uniform(0, start_up), 0.0
+        saved = wait_for_new(out / f"checkpoint-{done + 1}.saving", process, launched_at + delay - time.monotonic())
+        moment = f"{delay:.2f} s after the launch" + (", cut short as the next save began" if saved else "")
+    assert process.poll() is None, "the run ended before its kill:\n" + finish(process)[1][-4000:]
+    os.kill(process.pid, signal.SIGKILL)  # the real trainer process (no launcher between)
+    return moment, to_save, saved
+
+
+def where_it_landed(out: Path, saved: bool) -> str:
+    """Where a kill landed, as the output folder shows it (``saved``: a save of the killed run had begun)."""
+    from comfyui_tcd_sampling.tcd_train.train import checkpoints
+
+    names = [p.name for p in out.iterdir()]
+    if not saved:
+        return "outside a save (start-up or first step)"
+    if any(n.endswith(".saving") for n in names):
+        return "in a save, before its commit"
+    if any(n.endswith(".deleting") for n in names):
+        return "in a save, deleting an old checkpoint"
+    if len(checkpoints(out)) > KILL_LIMIT:
+        return "in a save, after its commit, before the old ones went"
+    return "outside a save (after one)"
+
+
+def assert_whole_checkpoints(out: Path, mode: int | None = None) -> list[int]:
+    """Every folder under a checkpoint's final name is whole (marker, accelerate's state, a LoRA that loads);
+    with ``mode``, every file in them has it. Returns their steps."""
+    steps = []
+    for folder in sorted(out.glob("checkpoint-*")):
+        if not re.fullmatch(r"checkpoint-\d+", folder.name):
+            continue
+        files = {p.name for p in folder.iterdir()}
+        assert CHECKPOINT_FILES <= files, (folder.name, sorted(files))
+        assert load_file(folder / "tcd_lora.safetensors")
+        for path in folder.iterdir():
+            assert mode is None or stat.S_IMODE(path.stat().st_mode) == mode, (path, oct(path.stat().st_mode))
+        steps.append(int(folder.name.split("-")[1]))
+    return sorted(steps)
+
+
+CHECKPOINT_FILES = {"tcd_checkpoint.json", "tcd_lora.safetensors", "model.safetensors", "optimizer.bin",
+                    "custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl", "random_states_0.pkl"}  # fmt: skip
+
+
+def test_killed_at_random_moments_and_resumed_from_latest_each_time_it_trains_the_uninterrupted_lora(
+    checkpoint: Path, shards: str, tmp_path: Path
+) -> None:
+    """One run (AdamW, a checkpoint every step, --checkpoints_total_limit 2) SIGKILLed at moments drawn from a seeded
+    RNG, mostly inside a save (the test-only pause stretches a save's phases), relaunched with
+    --resume_from_checkpoint latest after each kill: no half checkpoint ever sits under a checkpoint-N name,
+    latest always loads, leftovers go at the next start, files have the umask's mode, and the final LoRA is the
+    uninterrupted run's bit for bit."""
+    from comfyui_tcd_sampling.tcd_train.options import TrainerError
+    from comfyui_tcd_sampling.tcd_train.train import SAVE_PAUSE_ENV, checkpoints
+
+    rng, out = random.Random(KILL_SEED), tmp_path / "killed"
+    argv = kill_chain_args(checkpoint, shards, out, "--resume_from_checkpoint", "latest")
+    env, mode = {SAVE_PAUSE_ENV: str(SAVE_PAUSE)}, 0o666 & ~KILL_UMASK
+    plans: list[int | None] = sorted(rng.sample(range(1, KILL_STEPS - 1), 2))  # kills in the saves of 2 steps
+    plans.insert(rng.randint(1, 2), None)  # and one after the launch (the first kill times the start-up for it)
+    kills, start_up, refused = [], 0.0, set()
+    for step in plans:  # each before the run's last save (step KILL_STEPS - 1), which is the final run's
+        done = int(checkpoints(out)[-1].name.split("-")[1]) if out.is_dir() and checkpoints(out) else 0
+        process, launched_at = launch(argv, umask=KILL_UMASK, env=env), time.monotonic()
+        moment, to_save, saved = kill_at_a_drawn_moment(process, launched_at, out, done, step, rng, start_up)
+        killed_at, start_up = time.monotonic() - launched_at, start_up or to_save
+        code, output = finish(process)
+        assert code == -signal.SIGKILL, output[-4000:]
+        kills.append((moment, f"{killed_at:.1f} s after launch", where_it_landed(out, saved),
+                      f"whole: {assert_whole_checkpoints(out)}"))  # fmt: skip
+        for half in out.glob("checkpoint-*.saving"):  # what a kill left half written is refused by name
+            with pytest.raises(TrainerError, match=r"--resume_from_checkpoint .*: an incomplete checkpoint"):
+                train_here(kill_chain_args(checkpoint, shards, out, "--resume_from_checkpoint", str(half)))
+            refused.add(half.name)
+    final = launch(argv, umask=KILL_UMASK, env=env)
+    code, output = finish(final)
+    assert code == 0, output[-6000:]
+    for kill in kills:
+        print("killed", *kill, sep=" | ")
+    during_save = sum(landed.startswith("in a save") for _, _, landed, _ in kills)
+    print(f"{len(kills)} kills, {during_save} in a save, {len(refused)} half checkpoint(s) refused by name; "
+          f"start-up to the first save {start_up:.1f} s; final run: "
+          + next(line for line in output.splitlines() if "resumed from" in line))  # fmt: skip
+    assert len(kills) == 3 and during_save >= 1
+    assert not [p.name for p in out.iterdir() if p.name.endswith((".saving", ".deleting", ".partial"))]
+    assert assert_whole_checkpoints(out, mode) == [KILL_STEPS - 2, KILL_STEPS - 1]  # rotated to the limit
+    assert stat.S_IMODE((out / "tcd_lora.safetensors").stat().st_mode) == mode
+
+    uninterrupted = train_here(kill_chain_args(checkpoint, shards, tmp_path / "whole"))
+    reference, resumed = load_file(uninterrupted["lora"]), load_file(out / "tcd_lora.safetensors")
+    rel, max_abs, moved = delta_difference(reference, resumed, initial_lora(checkpoint))
+    print(f"killed {len(kills)} times + resumed vs uninterrupted ({KILL_STEPS} AdamW steps): rel {rel:.3g}, "
+          f"max abs {max_abs:.3g}")  # fmt: skip
+    assert moved > 1e-3
+    assert max_abs == 0.0
+
+
+def test_an_incomplete_checkpoint_is_refused_by_name_and_passed_over_by_latest(
+    checkpoint: Path, shards: str, tmp_path: Path
+) -> None:
+    """A checkpoint-N folder without the marker (a save that never finished, e.g. by a trainer before this one) and
+    a checkpoint-N.saving leftover: an explicit --resume_from_checkpoint to either is refused naming the option,
+    'latest' takes the newest whole checkpoint and passes both by."""
+    from comfyui_tcd_sampling.tcd_train.options import TrainerError, build_parser
+    from comfyui_tcd_sampling.tcd_train.train import CHECKPOINT_MARKER, resume_path
+
+    out = tmp_path / "out"
+    for name in ("checkpoint-2", "checkpoint-3", "checkpoint-4.saving"):
+        (out / name).mkdir(parents=True)
+        (out / name / "optimizer.bin").write_bytes(b"half")
+    (out / "checkpoint-2" / CHECKPOINT_MARKER).write_text('{"step": 2}')
+    (out / "checkpoint-4.saving" / CHECKPOINT_MARKER).write_text('{"step": 4}')
+    for half in ("checkpoint-3", "checkpoint-4.saving"):
+        with pytest.raises(TrainerError) as error:
+            train_here(trainer_args(checkpoint, shards, out, 1, "--resume_from_checkpoint", str(out / half)))
+        assert str(error.value).startswith(f"--resume_from_checkpoint {out / half}: an incomplete checkpoint")
+    latest = build_parser().parse_args(trainer_args(checkpoint, shards, out, 1, "--resume_from_checkpoint", "latest"))
+    assert resume_path(latest) == out / "checkpoint-2"
 
 
 SGD = ("--optimizer", "SGD", "--learning_rate", "0.2")
@@ -519,4 +694,5 @@ def test_a_diverging_run_stops_naming_the_step_and_saves_no_lora(checkpoint: Pat
         train_here(argv)
     step = int(error.value.args[0].split("at step ")[1].split(":")[0])
     assert not (out / "tcd_lora.safetensors").exists()
-    assert (step == 1) or (out / f"checkpoint-{step - 1}").is_dir(), "the last good checkpoint is not there"
+    assert not [p.name for p in out.iterdir() if p.name.endswith((".saving", ".deleting", ".partial"))]
+    assert (step == 1) or (out / f"checkpoint-{step - 1}" / "tcd_checkpoint.json").is_file(), "no last good checkpoint"
