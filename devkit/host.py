@@ -5,7 +5,7 @@
         images = server.output_images(entry)    # the files SaveImage wrote
 
 The server is `$COMFYUI_PATH/main.py` run with this interpreter on the CPU, or another provisioned
-host's tree with its own venv's python (`ComfyServer(host=extra_host("0.30.0"))`). Everything it
+host's tree with its own venv's python (`ComfyServer(comfy_host=extra_host("0.30.0"))`). Everything it
 writes (user, temp, output and input folders, its database) lives in a private temporary
 folder; the pack is loaded from a temporary custom_nodes folder holding one symlink,
 `comfyui-tcd-sampling` -> this repository (plus one per entry of `extra_packs`, e.g. a
@@ -78,15 +78,12 @@ def comfyui_path() -> Path:
 
 def comfyui_version(path: Path | str) -> str:
     """The version a ComfyUI tree declares in its comfyui_version.py ("0.3.75"), or "unknown"."""
-    match = re.search(r'__version__\s*=\s*"([^"]+)"', _read(Path(path) / "comfyui_version.py"))
-    return match.group(1) if match else "unknown"
-
-
-def _read(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        text = (Path(path) / "comfyui_version.py").read_text(encoding="utf-8")
     except OSError:
-        return ""
+        return "unknown"
+    match = re.search(r'__version__\s*=\s*"([^"]+)"', text)
+    return match.group(1) if match else "unknown"
 
 
 @dataclass(frozen=True)
