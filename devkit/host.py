@@ -4,7 +4,8 @@
         entry = server.run(api_prompt)          # POST /prompt, wait for /history/<id>
         images = server.output_images(entry)    # the files SaveImage wrote
 
-The server is `$COMFYUI_PATH/main.py` run with this interpreter on the CPU. Everything it
+The server is `$COMFYUI_PATH/main.py` run with this interpreter on the CPU, or another provisioned
+host's tree with its own venv's python (`ComfyServer(comfy_host=extra_host("0.30.0"))`). Everything it
 writes (user, temp, output and input folders, its database) lives in a private temporary
 folder; the pack is loaded from a temporary custom_nodes folder holding one symlink,
 `comfyui-tcd-sampling` -> this repository (plus one per entry of `extra_packs`, e.g. a
@@ -31,6 +32,7 @@ import urllib.request
 import uuid
 import weakref
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +74,50 @@ def comfyui_path() -> Path:
     if not (path / "main.py").is_file():
         raise RuntimeError(f"COMFYUI_PATH={value} holds no main.py: it must name a ComfyUI checkout.")
     return path
+
+
+def comfyui_version(path: Path | str) -> str:
+    """The version a ComfyUI tree declares in its comfyui_version.py ("0.3.75"), or "unknown"."""
+    try:
+        text = (Path(path) / "comfyui_version.py").read_text(encoding="utf-8")
+    except OSError:
+        return "unknown"
+    match = re.search(r'__version__\s*=\s*"([^"]+)"', text)
+    return match.group(1) if match else "unknown"
+
+
+@dataclass(frozen=True)
+class Host:
+    """A ComfyUI tree and the interpreter that runs it."""
+
+    version: str
+    comfy_path: Path
+    python: Path
+
+
+def hosts_dir() -> Path:
+    return dev_dir() / "hosts"
+
+
+def defined_hosts() -> list[str]:
+    """The further hosts dev/hosts.sh provisions: one per dev/hosts/comfyui-VERSION.env."""
+    return sorted(path.stem.removeprefix("comfyui-") for path in (REPO_ROOT / "dev" / "hosts").glob("comfyui-*.env"))
+
+
+def extra_host(version: str) -> Host:
+    """A host provisioned by dev/hosts.sh in .dev/hosts/comfyui-VERSION. Never skips: a host that is
+    not provisioned, or whose tree is another version, is an error that says how to provision it."""
+    root = hosts_dir() / f"comfyui-{version}"
+    host = Host(version, root / "comfyui", root / "venv" / "bin" / "python")
+    how = f"provision it with `TCD_HOSTS={version} dev/test` (or `source dev/provision.sh`)"
+    if version not in defined_hosts():
+        raise RuntimeError(f"no ComfyUI host {version} is defined in dev/hosts/ (known: {defined_hosts()})")
+    if not (root / "venv.stamp").is_file() or not host.python.is_file() or not (host.comfy_path / "main.py").is_file():
+        raise RuntimeError(f"ComfyUI host {version} is not provisioned in {root}: {how}")
+    found = comfyui_version(host.comfy_path)
+    if found != version:
+        raise RuntimeError(f"{host.comfy_path} holds ComfyUI {found}, not {version}: delete {root} and {how}")
+    return host
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -116,8 +162,12 @@ class ComfyServer:
         extra_packs: Mapping[str, Path | str] | None = None,
         startup_timeout: float = 120.0,
         host: str = "127.0.0.1",
+        comfy_host: Host | None = None,
     ) -> None:
-        self.comfy_path = comfyui_path()
+        # comfy_host: another provisioned ComfyUI (extra_host), else $COMFYUI_PATH with this interpreter.
+        self.comfy_path = comfy_host.comfy_path if comfy_host else comfyui_path()
+        self.python = str(comfy_host.python) if comfy_host else sys.executable
+        self.version = comfyui_version(self.comfy_path)
         self.models_dir = Path(models_dir).resolve() if models_dir is not None else None
         self.pack_dir = Path(pack_dir).resolve()
         self.extra_args = list(extra_args)
@@ -174,7 +224,7 @@ class ComfyServer:
 
     def command(self) -> list[str]:
         return [
-            sys.executable,
+            self.python,
             str(self.comfy_path / "main.py"),
             "--cpu",
             "--listen",

@@ -1,13 +1,15 @@
-"""Session fixtures shared by the integration tests: the test models and one real ComfyUI server."""
+"""Session fixtures shared by the integration tests: the test models, one real ComfyUI server, and one
+server on each ComfyUI host (`host_server`)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from devkit.host import ComfyServer
+from devkit.host import ComfyServer, comfyui_version, defined_hosts, extra_host
 from devkit.model_files import default_models_dir, ensure_test_models
 
 
@@ -34,6 +36,43 @@ def tiny_checkpoint(test_models: dict[str, Path]) -> str:
 def comfy_server(test_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
     """One ComfyUI server for the whole session, with this pack loaded and the test models mapped in."""
     server = ComfyServer(models_dir=default_models_dir(), work_dir=tmp_path_factory.mktemp("comfy-host"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _main_host_version() -> str:
+    path = os.environ.get("COMFYUI_PATH")
+    return comfyui_version(path) if path else "main"
+
+
+def _host_id(version: str | None) -> str:
+    """The test id of a host: its ComfyUI version (the main host's read from $COMFYUI_PATH)."""
+    return f"comfyui-{version or _main_host_version()}"
+
+
+# None is the main host; a further host that is the main one too (TCD_HOST=0.30.0 dev/test) runs once.
+HOSTS = [None, *(version for version in defined_hosts() if version != _main_host_version())]
+
+
+@pytest.fixture(scope="module", params=HOSTS, ids=_host_id)
+def host_server(
+    request: pytest.FixtureRequest, test_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ComfyServer]:
+    """A real ComfyUI server with this pack loaded, on each host: a test that takes it runs once on the main
+    host ($COMFYUI_PATH: 0.3.75, which is `comfy_server` itself) and once on each further host that dev/hosts.sh
+    provisions (ComfyUI 0.30.0, in its own venv; one server per test module, stopped after it). One host only:
+    `@pytest.mark.parametrize("host_server", ["0.30.0"], indirect=True)`. A host that is not provisioned is an
+    error, never a skip."""
+    if request.param is None:
+        yield request.getfixturevalue("comfy_server")
+        return
+    host = extra_host(request.param)
+    server = ComfyServer(
+        models_dir=default_models_dir(), work_dir=tmp_path_factory.mktemp(f"comfy-host-{host.version}"), comfy_host=host
+    )
     server.start()
     try:
         yield server
