@@ -54,3 +54,25 @@ def build_tiny_sd15_checkpoint(out_dir: Path | str, source_checkpoint: Path | st
     comfy.utils.save_torch_file(tensors, str(tmp), metadata={"modelspec.architecture": "stable-diffusion-v1"})
     tmp.replace(path)
     return path
+
+
+UNET_NAME = "tcd-tiny-sd15-unet.safetensors"
+
+
+def build_tiny_sd15_unet(out_dir: Path | str, source_checkpoint: Path | str | None = None) -> Path:
+    """``out_dir/diffusion_models/tcd-tiny-sd15-unet.safetensors``: the tiny checkpoint's UNet alone, as
+    diffusion-model files ship, for ComfyUI's UNETLoader (whose ``weight_dtype`` fp8_e4m3fn loads it with fp8
+    weights, as users load fp8 Flux / SDXL files)."""
+    import comfy.utils
+
+    path = Path(out_dir) / "diffusion_models" / UNET_NAME
+    if path.is_file():
+        return path
+    prefix = "model.diffusion_model."
+    tensors = comfy.utils.load_torch_file(str(build_tiny_sd15_checkpoint(out_dir, source_checkpoint)))
+    unet = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    comfy.utils.save_torch_file(unet, str(tmp))
+    tmp.replace(path)
+    return path

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from devkit import node_contract as nc
-from devkit.host import PACK_DIR_NAME, REPO_ROOT, ComfyServer, defined_hosts, dev_dir, extra_host
+from devkit.host import PACK_DIR_NAME, REPO_ROOT, ComfyServer, ComfyServerError, defined_hosts, dev_dir, extra_host
 from devkit.run_workflow import DEFAULT_WORKFLOW, api_prompt
 
 SIZE, STEPS = 64, 2
@@ -95,3 +95,142 @@ def test_tcd_text_to_image_with_the_tcd_lora_runs(host_server: ComfyServer, test
     assert (with_lora.reshape(-1, 3).std(axis=0) > 0.5).all(), "the image is flat"
     without = _main_job(host_server, test_models, lora_strength=0.0)
     assert np.abs(with_lora - without).mean() > 1.0, "the TCD LoRA Loader's LoRA does not change the image"
+
+
+# --- distillation on each host: dataset nodes -> TCD Distill LoRA -> SaveLoRA -> LoraModelLoader -> TCD Sampler -------
+
+Graph = dict[str, dict]
+DISTILL = "TrajectoryConsistencyDistillLoRA"
+# A tiny run (2 steps, rank 4, fp32, a large lr so that 2 steps visibly change the image).
+DISTILL_WIDGETS = {"batch_size": 2, "steps": 2, "learning_rate": 0.01, "rank": 4, "training_dtype": "fp32",
+                   "ema_decay": 0.0, "existing_lora": "None"}  # fmt: skip
+# Two sizes: 64x64 (two images) and 128x64 pixels, with captions beside them, as the dataset nodes read a folder.
+DATASET = {"fox-1": (64, 64), "fox-2": (64, 64), "wide-fox": (128, 64)}
+
+
+def _dataset_folder(server: ComfyServer) -> str:
+    folder = server.input_dir / "tcd-distill-set"
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(5)
+    for name, (width, height) in DATASET.items():
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(folder / f"{name}.png")
+        (folder / f"{name}.txt").write_text(f"a paper cut {name}")
+    return folder.name
+
+
+def _with_defaults(server: ComfyServer, class_type: str, inputs: dict) -> dict:
+    """A node of the API prompt with every widget this host's node has that ``inputs`` leaves out at its default
+    (e.g. LoraModelLoader's `bypass`, which 0.30.0 has and 0.3.75 lacks)."""
+    spec = server.object_info(class_type)["input"]
+    filled = dict(inputs)
+    for name, (kind, *options) in {**spec.get("required", {}), **spec.get("optional", {})}.items():
+        if name not in filled and options and isinstance(options[0], dict) and "default" in options[0]:
+            filled[name] = options[0]["default"]
+        elif name not in filled and isinstance(kind, list) and kind:
+            filled[name] = kind[0]
+    return {"class_type": class_type, "inputs": filled}
+
+
+def _distill_graph(server: ComfyServer, ckpt: str, tag: str, model: list | None = None, **widgets: object) -> Graph:
+    """The README's distillation workflow on this host's nodes: Load Image-Text Dataset from Folder -> Make
+    Training Dataset (-> Resolution Bucket where the host has it) -> TCD Distill LoRA -> Save LoRA Weights, and
+    Load LoRA Model -> TCD Scheduler + TCD Sampler; ``model`` replaces the checkpoint's model (e.g. UNETLoader's)."""
+    model = model or ["ckpt", 0]
+    bucketed = "ResolutionBucket" in server.object_info()
+    graph: Graph = {
+        "ckpt": _with_defaults(server, "CheckpointLoaderSimple", {"ckpt_name": ckpt}),
+        "data": _with_defaults(server, "LoadImageTextDataSetFromFolder", {"folder": _dataset_folder(server)}),
+        "dataset": _with_defaults(
+            server,
+            "MakeTrainingDataset",
+            {"images": ["data", 0], "vae": ["ckpt", 2], "clip": ["ckpt", 1], "texts": ["data", 1]},
+        ),  # fmt: skip
+        "negative": _with_defaults(server, "CLIPTextEncode", {"text": "", "clip": ["ckpt", 1]}),
+        "prompt": _with_defaults(server, "CLIPTextEncode", {"text": "a paper cut fox", "clip": ["ckpt", 1]}),
+    }
+    data = ["dataset", 0], ["dataset", 1]
+    if bucketed:  # ComfyUI 0.30.0: one batched latent per size
+        graph["bucket"] = _with_defaults(
+            server, "ResolutionBucket", {"latents": ["dataset", 0], "conditioning": ["dataset", 1]}
+        )
+        data = ["bucket", 0], ["bucket", 1]
+    inputs = {"model": model, "latents": data[0], "positive": data[1], "negative": ["negative", 0],
+              **DISTILL_WIDGETS, **widgets}  # fmt: skip
+    graph["distill"] = _with_defaults(server, DISTILL, inputs)
+    graph["save"] = _with_defaults(
+        server, "SaveLoRA", {"lora": ["distill", 1], "prefix": f"loras/tcd-{tag}", "steps": ["distill", 3]}
+    )
+    graph["student"] = _with_defaults(
+        server, "LoraModelLoader", {"model": model, "lora": ["distill", 1], "strength_model": 1.0}
+    )
+    for name, source in (("student_image", ["student", 0]), ("base_image", model)):
+        graph[f"{name}_sigmas"] = _with_defaults(
+            server, "TrajectoryConsistencyScheduler", {"model": source, "steps": 2}
+        )
+        graph[f"{name}_sampler"] = _with_defaults(server, "TrajectoryConsistencySampler", {})
+        graph[f"{name}_latent"] = _with_defaults(server, "EmptyLatentImage", {"width": 64, "height": 64})
+        graph[f"{name}_sample"] = _with_defaults(
+            server, "SamplerCustom",
+            {"model": source, "add_noise": True, "noise_seed": 3, "cfg": 1.0, "positive": ["prompt", 0],
+             "negative": ["negative", 0], "sampler": [f"{name}_sampler", 0], "sigmas": [f"{name}_sigmas", 0],
+             "latent_image": [f"{name}_latent", 0]},
+        )  # fmt: skip
+        graph[f"{name}_decode"] = _with_defaults(
+            server, "VAEDecode", {"samples": [f"{name}_sample", 0], "vae": ["ckpt", 2]}
+        )
+        graph[name] = _with_defaults(server, "SaveImage", {"images": [f"{name}_decode", 0], "filename_prefix": name})
+    return graph
+
+
+def _run_distillation(server: ComfyServer, graph: Graph, tag: str) -> tuple[dict, str]:
+    """Run ``graph``: the saved LoRA's tensors and the server's log of the run (checked for dropped keys)."""
+    from safetensors.torch import load_file
+
+    log_start = len(server.log_text())
+    entry = server.run(graph, timeout=600)
+    log = server.log_text()[log_start:]
+    (saved,) = sorted((server.output_dir / "loras").glob(f"tcd-{tag}_*.safetensors"))
+    lora = load_file(saved)
+    images = {name: np.asarray(Image.open(server.output_images(entry, name)[0]).convert("RGB"), dtype=np.float32)
+              for name in ("student_image", "base_image")}  # fmt: skip
+    assert np.abs(images["student_image"] - images["base_image"]).mean() > 0.5, "the LoRA does not change the image"
+    return lora, log
+
+
+def _assert_every_key_loads(lora: dict, log: str) -> None:
+    assert lora and all(k.startswith("diffusion_model.") for k in lora), sorted(lora)[:3]
+    assert {k.rsplit(".", 2)[-2] for k in lora if not k.endswith("alpha")} == {"lora_up", "lora_down"}
+    assert "lora key not loaded" not in log and "ERROR" not in log, log
+
+
+def test_distill_workflow_with_a_multi_resolution_dataset_in_bucket_mode(
+    host_server: ComfyServer, tiny_checkpoint: str
+) -> None:
+    """End to end on each host, the dataset of two sizes drawn one bucket per batch (0.30.0 buckets it with
+    Resolution Bucket; 0.3.75, which lacks that node, gives the node one latent per image and the node buckets)."""
+    tag = f"bucketed-{host_server.version}"
+    graph = _distill_graph(host_server, tiny_checkpoint, tag, bucket_mode=True)
+    lora, log = _run_distillation(host_server, graph, tag)
+    _assert_every_key_loads(lora, log)
+
+
+def test_bypass_mode_on_fp8_weights_trains_on_a_host_that_has_it_and_is_refused_on_one_that_lacks_it(
+    host_server: ComfyServer, tiny_checkpoint: str
+) -> None:
+    """The UNet loaded by UNETLoader with fp8_e4m3fn weights, trained in bypass mode; 0.3.75 has no bypass
+    adapters: the prompt fails naming the input and the ComfyUI version that has them, and the server goes on."""
+    from devkit.model_files import default_models_dir
+    from devkit.tiny_checkpoint import UNET_NAME, build_tiny_sd15_unet
+
+    build_tiny_sd15_unet(default_models_dir())
+    tag = f"bypass-fp8-{host_server.version}"
+    unet = _with_defaults(host_server, "UNETLoader", {"unet_name": UNET_NAME, "weight_dtype": "fp8_e4m3fn"})
+    graph = {"unet": unet, **_distill_graph(host_server, tiny_checkpoint, tag, model=["unet", 0], bypass_mode=True)}
+    if host_server.version == "0.3.75":
+        with pytest.raises(ComfyServerError, match=r"TCD Distill LoRA bypass_mode: .*ComfyUI 0.30.0 or newer has it"):
+            host_server.run(graph, timeout=600)
+        assert host_server.object_info(DISTILL)["input"], "the server stopped serving"
+        return
+    lora, log = _run_distillation(host_server, graph, tag)
+    _assert_every_key_loads(lora, log)
+    assert "float8_e4m3fn" in log or "fp8" in log.lower(), "the UNet did not load with fp8 weights"
