@@ -51,7 +51,7 @@ def gradient_checkpointing(patcher: Any, enabled: bool, depth: int = 1, offloadi
     diffusion_model = patcher.model.diffusion_model
     for module in checkpointed_modules(diffusion_model, depth):
         if offloading:
-            nodes_train.patch(module, offloading=True)
+            _patch_offloading(module)
         else:
             nodes_train.patch(module)
     try:
@@ -59,6 +59,28 @@ def gradient_checkpointing(patcher: Any, enabled: bool, depth: int = 1, offloadi
     finally:
         for module in diffusion_model.modules():
             nodes_train.unpatch(module)
+
+
+def _patch_offloading(module: Any) -> None:
+    """Train LoRA's offloading checkpoint of a module. Its Linear / Conv variant (``OffloadCheckpointFunction``)
+    back-propagates into the layer's adapters only through the input's gradient, so a layer whose input needs
+    none (the time embedding's first Linear, the input conv) would never train its adapter (ComfyUI 0.30.0
+    does exactly that); such calls take the standard checkpoint instead, and the LoRA is the one trained
+    without offloading (tested)."""
+    import torch
+    from comfy_extras import nodes_train
+
+    nodes_train.patch(module, offloading=True)
+    offloaded, original = module.forward, getattr(module, "org_forward", None)
+    if original is None or offloaded is original:
+        return
+
+    def forward(x: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(x, torch.Tensor) and x.requires_grad:
+            return offloaded(x, *args, **kwargs)
+        return torch.utils.checkpoint.checkpoint(original, x, *args, use_reentrant=False, **kwargs)
+
+    module.forward = forward
 
 
 @contextlib.contextmanager

@@ -505,8 +505,8 @@ def test_bypass_mode_trains_on_fp8_weights_with_the_teacher_the_untouched_base(
     after = weights(model)
     for key, tensor in before_weights.items():
         assert after[key].dtype == tensor.dtype and torch.equal(after[key].float(), tensor.float()), key
-    for module in model.model.diffusion_model.modules():
-        assert "forward" not in vars(module), "a bypass hook was left on a layer"
+    for module in model.model.diffusion_model.modules():  # ejecting a hook re-binds the layer's own forward
+        assert getattr(module.forward, "__func__", None) is type(module).forward, "a bypass hook was left on a layer"
     torch.testing.assert_close(unet_output(model), before_out, rtol=0, atol=0)
     key_map = comfy.lora.model_lora_keys_unet(model.model, {})
     with caplog.at_level("WARNING"):

@@ -9,6 +9,7 @@ LoRA Loader -> TCD Scheduler + TCD Sampler -> SamplerCustomAdvanced), converted 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -234,3 +235,22 @@ def test_bypass_mode_on_fp8_weights_trains_on_a_host_that_has_it_and_is_refused_
     lora, log = _run_distillation(host_server, graph, tag)
     _assert_every_key_loads(lora, log)
     assert "float8_e4m3fn" in log or "fp8" in log.lower(), "the UNet did not load with fp8 weights"
+
+
+# The in-process checks of Train LoRA's newer mechanisms (tests/test_distill_node.py): on the main host (0.3.75)
+# they check the refusals; on a further host that has the mechanisms they train with them.
+NEWER_MECHANISM_TESTS = "mechanism or fp8 or previews or families"
+
+
+@pytest.mark.parametrize("version", defined_hosts())
+def test_the_newer_training_mechanisms_train_in_process_on_each_further_host(version: str) -> None:
+    """tests/test_distill_node.py's mechanism tests run inside ComfyUI VERSION (its tree, its venv's python):
+    bypass on fp8 weights, offloading, checkpoint depth, fp8 backward, LoHa / LoKr / OFT and previews."""
+    host = extra_host(version)
+    env = {**os.environ, "COMFYUI_PATH": str(host.comfy_path), "PYTHONPATH": str(REPO_ROOT)}
+    command = [str(host.python), "-m", "pytest", "tests/test_distill_node.py", "-q", "-p", "no:cacheprovider",
+               "-k", NEWER_MECHANISM_TESTS]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    assert result.returncode == 0 and " passed" in summary and "failed" not in summary, result.stdout[-4000:]
+    assert re.search(r"\b9 passed", summary), f"ComfyUI {version}: {summary}"
