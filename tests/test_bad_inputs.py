@@ -565,6 +565,15 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "Error in TCD Distill LoRA: `TCD Distill LoRA guidance_min: must be <= guidance_max, got guidance_min=8.0 > "
         "guidance_max=4.0` (before any training)",
     ),
+    BadInput(
+        "distill-algorithm-continues-lora",
+        "TCD Distill LoRA `algorithm` LoHa with an `existing_lora` (a LoRA) to continue",
+        distill_lora(algorithm="LoHa", existing_lora="tcd-test-lora-sd15.safetensors"),
+        "distill",
+        ("TCD Distill LoRA algorithm: LoHa cannot continue existing_lora, a LoRA: set algorithm to LoRA",),
+        "Error in TCD Distill LoRA: `TCD Distill LoRA algorithm: LoHa cannot continue existing_lora, a LoRA: set "
+        "algorithm to LoRA` (before any training)",
+    ),
 )
 
 # Not an error: ComfyUI's guider (CFGGuider.sample) returns the latent unchanged for empty sigmas
