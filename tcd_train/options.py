@@ -69,14 +69,14 @@ def settings_from(args: argparse.Namespace, cls: type, **fixed: Any) -> Any:
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):
     """``--help`` ends each option's text with its default, but for required options, options that default to
-    nothing (None; their text says what happens then) and off-by-default flags."""
+    nothing (None; their text says what happens then), off-by-default flags and texts that name their default."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         shown = isinstance(action, argparse.BooleanOptionalAction) or not (
             action.default is None or action.default is False or action.default == argparse.SUPPRESS
         )
-        if not action.option_strings or not shown or "%(default)" in text:
+        if not action.option_strings or not shown or "(default" in text or "%(default)" in text:
             return text
         return f"{text} (default: %(default)s)"
 
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--comfyui", default=None, help="ComfyUI checkout to load models with (default $COMFYUI_PATH)")
     g.add_argument("--pretrained_model", required=True, help="teacher checkpoint, one .safetensors file")
-    g.add_argument("--negative_prompt", default="", help="the guided teacher's unconditional prompt")
+    g.add_argument("--negative_prompt", default="", help="the guided teacher's unconditional prompt (default: empty)")
     g = p.add_argument_group("data (one of --train_data_dir / --train_shards_path_or_url)")
     g.add_argument("--train_data_dir", default=None, help="image folder with <name>.txt captions beside images")
     g.add_argument(
