@@ -130,44 +130,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def choose_models(args: argparse.Namespace) -> tuple[Path | None, str, str]:
+    """(models folder to map in or None, checkpoint name, TCD LoRA name): the user's, else the test models."""
     comfy = comfyui_path()
     found = real_models(comfy / "models")
-    with stage("models"):
-        if found:
-            models_dir, (ckpt, lora) = None, found
-            print(f"[run] real models from {comfy / 'models'}: {ckpt} + {lora}")
-        else:
-            if build_test_models.stale_artifacts(default_models_dir()):
-                print(f"[run] building random-weight test models in {default_models_dir()} (once: about 3 GB, a minute "
-                      "or two)", flush=True)  # fmt: skip
-            paths = ensure_test_models(default_models_dir())
-            models_dir = default_models_dir()
-            ckpt, lora = paths["checkpoint_sd15"].name, paths["lora_sd15"].name
-            print(f"[run] no real checkpoint + TCD LoRA in {comfy / 'models'}: random-weight SD1.5 test models")
     args.size = args.size or (None if found else 64)
+    if found:
+        print(f"[run] real models from {comfy / 'models'}: {found[0]} + {found[1]}")
+        return None, *found
+    if build_test_models.stale_artifacts(default_models_dir()):
+        print(f"[run] building random-weight test models in {default_models_dir()} (once: about 3 GB, a minute "
+              "or two)", flush=True)  # fmt: skip
+    paths = ensure_test_models(default_models_dir())
+    print(f"[run] no real checkpoint + TCD LoRA in {comfy / 'models'}: random-weight SD1.5 test models")
+    return default_models_dir(), paths["checkpoint_sd15"].name, paths["lora_sd15"].name
 
+
+def run_job(server: ComfyServer, args: argparse.Namespace, ckpt: str, lora: str) -> Path:
+    """Convert and run the workflow on a started server; returns the image's copy in ``args.out``. Raises
+    PromptRejected when the server refuses the prompt."""
+    with stage("convert workflow"):
+        prompt = api_prompt(args.workflow, server.object_info(), ckpt, lora, args)
+    with stage(f"workflow {args.workflow.name} ({args.steps} TCD steps)"):
+        entry = server.run(prompt, timeout=3600)
+    images = server.output_images(entry)
+    args.out.mkdir(parents=True, exist_ok=True)
+    target = args.out / images[0].name
+    shutil.copy(images[0], target)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    with stage("models"):
+        models_dir, ckpt, lora = choose_models(args)
     with stage("server start"):
         server = ComfyServer(models_dir=models_dir).start()
+    refusal: list[str] = []
     try:
-        with stage("convert workflow"):
-            prompt = api_prompt(args.workflow, server.object_info(), ckpt, lora, args)
-        try:
-            with stage(f"workflow {args.workflow.name} ({args.steps} TCD steps)"):
-                entry = server.run(prompt, timeout=3600)
-        except PromptRejected as rejected:
-            for line in rejection_lines(rejected.answer):
-                print(f"{PROG}: ComfyUI refused the workflow: {line}", file=sys.stderr)
-            return 2
-        images = server.output_images(entry)
-        args.out.mkdir(parents=True, exist_ok=True)
-        target = args.out / images[0].name
-        shutil.copy(images[0], target)
+        target = run_job(server, args, ckpt, lora)
+    except PromptRejected as rejected:  # a bad override: ComfyUI's own validation message, last, alone
+        refusal = rejection_lines(rejected.answer)
     finally:
         with stage("server stop"):
             server.stop()
             server.cleanup()
+    if refusal:
+        for line in refusal:
+            print(f"{PROG}: ComfyUI refused the workflow: {line}", file=sys.stderr)
+        return 2
     print(f"[run] image: {target} ({image_stats(target)})")
     print("[run] stages: " + json.dumps({name: round(seconds, 2) for name, seconds in TIMINGS}))
     return 0

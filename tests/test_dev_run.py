@@ -13,10 +13,12 @@ from devkit.run_workflow import build_parser
 DEV_RUN = str(REPO_ROOT / "dev" / "run")
 
 
-def dev_run(*args: str, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
-    """``dev/run ARGS`` in a new process, provisioning from $TCD_DEV_DIR as set (or as ``env`` sets it)."""
-    return subprocess.run([DEV_RUN, *args], cwd=REPO_ROOT, env={**os.environ, **env}, capture_output=True,
-                          text=True, timeout=timeout)  # fmt: skip
+def dev_run(*args: str, timeout: float = 600, merged: bool = False, **env: str) -> subprocess.CompletedProcess:
+    """``dev/run ARGS`` in a new process, provisioning from $TCD_DEV_DIR as set (or as ``env`` sets it);
+    ``merged``: stderr into stdout, in the order written."""
+    stderr = subprocess.STDOUT if merged else subprocess.PIPE
+    return subprocess.run([DEV_RUN, *args], cwd=REPO_ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE,
+                          stderr=stderr, text=True, timeout=timeout)  # fmt: skip
 
 
 def test_help_names_dev_run_and_every_option_has_help_and_a_default() -> None:
@@ -39,15 +41,17 @@ def test_help_names_dev_run_and_every_option_has_help_and_a_default() -> None:
 
 
 def test_a_setting_the_server_refuses_prints_its_validation_message_alone(test_models: dict, tmp_path: Path) -> None:
-    """--gamma 1.5: exit 2 and ComfyUI's own validation message on one line, no traceback and no server log."""
-    run = dev_run("--gamma", "1.5", "--out", str(tmp_path))
-    assert run.returncode == 2, run.stdout[-2000:] + run.stderr[-3000:]
-    assert run.stderr.strip() == (
+    """--gamma 1.5: exit 2 and ComfyUI's own validation message on one line, last (after the server stopped), no
+    traceback and no server log."""
+    run = dev_run("--gamma", "1.5", "--out", str(tmp_path), merged=True)
+    assert run.returncode == 2, run.stdout[-3000:]
+    lines = run.stdout.splitlines()
+    assert lines[-1] == (
         "dev/run: ComfyUI refused the workflow: TrajectoryConsistencySampler (node 9) input gamma = 1.5 (--gamma): "
         "Value 1.5 bigger than max of 1.0"
-    ), run.stderr[-3000:]
-    assert "Traceback" not in run.stdout + run.stderr and "ComfyUI log" not in run.stdout
-    assert len(run.stdout.splitlines()) <= 6, run.stdout  # the stages it got through
+    ), run.stdout[-3000:]
+    assert lines[-2].startswith("[run] server stop: ") and len(lines) <= 6, lines  # the stages it got through
+    assert "Traceback" not in run.stdout and "ComfyUI log" not in run.stdout
     assert not list(tmp_path.iterdir())
 
 
