@@ -75,6 +75,8 @@ def missing_requirement(error: ModuleNotFoundError, path: str | os.PathLike | No
     except TrainerError:
         return None
     module = error.name.split(".")[0]
+    if (root / module).exists() or (root / f"{module}.py").exists():
+        return None  # a module of ComfyUI's own tree: a checkout problem, not a requirement
     listed = requirement_modules(root)
     from_comfyui = any(Path(frame.filename).resolve().is_relative_to(root)
                        for frame in traceback.extract_tb(error.__traceback__))  # fmt: skip
