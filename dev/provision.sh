@@ -106,6 +106,14 @@ provision_chromium() {
 
 source "$TCD_ROOT/dev/hosts.sh"
 
+# The first run is silent in pip for minutes: say so, and what it takes, before it starts.
+announce_first_run() {
+  [ -x "$VENV/bin/python" ] && return
+  log "first run: building the development environment in $TCD_DEV once (later runs reuse it): a few minutes, about 11 GB"
+  log "(a 6.9 GB venv, mostly torch's CUDA libraries; 3 GB of random-weight test models; 0.8 GB for the second ComfyUI host)"
+}
+
+announce_first_run
 provision_venv
 provision_hosts
 if [ -n "${TCD_HOST:-}" ]; then

@@ -57,6 +57,14 @@ class ComfyServerError(RuntimeError):
     """The server failed to start, rejected a prompt, or failed to execute one."""
 
 
+class PromptRejected(ComfyServerError):
+    """POST /prompt refused the prompt (validation): ``answer`` is ComfyUI's error JSON (node_errors included)."""
+
+    def __init__(self, message: str, answer: dict) -> None:
+        super().__init__(message)
+        self.answer = answer
+
+
 def dev_dir() -> Path:
     """The provisioned environment (venv, ComfyUI, test models): $TCD_DEV_DIR, as dev/provision.sh, else .dev."""
     return Path(os.environ.get("TCD_DEV_DIR") or REPO_ROOT / ".dev")
@@ -382,12 +390,13 @@ class ComfyServer:
         except urllib.error.HTTPError as exc:
             body = exc.read().decode(errors="replace")
             try:
-                body = json.dumps(json.loads(body), indent=1)
+                answer = json.loads(body)
             except ValueError:
-                pass
-            raise ComfyServerError(
-                f"ComfyUI rejected the prompt (HTTP {exc.code}):\n{body}\n{self.log_tail()}"
-            ) from None
+                answer = None
+            message = f"ComfyUI rejected the prompt (HTTP {exc.code}):\n"
+            if isinstance(answer, dict):
+                raise PromptRejected(f"{message}{json.dumps(answer, indent=1)}\n{self.log_tail()}", answer) from None
+            raise ComfyServerError(f"{message}{body}\n{self.log_tail()}") from None
         return answer["prompt_id"]
 
     def history(self, prompt_id: str) -> dict | None:

@@ -49,14 +49,13 @@ def _add_settings(group: Any, cls: type) -> None:
     for name, (spec, default) in settings_of(cls).items():
         if not spec.cli:
             continue
-        shown = f"{spec.tooltip} (default: {default})"
         if spec.choices is not None:
-            group.add_argument(spec.option(name), dest=name, choices=spec.choices, default=default, help=shown)
+            group.add_argument(spec.option(name), dest=name, choices=spec.choices, default=default, help=spec.tooltip)
         elif spec.kind is bool:
             group.add_argument(spec.option(name), dest=name, action=argparse.BooleanOptionalAction, default=default,
                                help=spec.tooltip)  # fmt: skip
         else:
-            group.add_argument(spec.option(name), dest=name, type=spec.kind, default=default, help=shown)
+            group.add_argument(spec.option(name), dest=name, type=spec.kind, default=default, help=spec.tooltip)
 
 
 def settings_from(args: argparse.Namespace, cls: type, **fixed: Any) -> Any:
@@ -68,9 +67,24 @@ def settings_from(args: argparse.Namespace, cls: type, **fixed: Any) -> Any:
         raise trainer_error(error) from None
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """``--help`` ends each option's text with its default, but for required options, options that default to
+    nothing (None; their text says what happens then), off-by-default flags and texts that name their default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = isinstance(action, argparse.BooleanOptionalAction) or not (
+            action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        )
+        if not action.option_strings or not shown or "(default" in text or "%(default)" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tcd-train",
+        formatter_class=DefaultsHelpFormatter,
         description="Distil a TCD (or LCM) LoRA from a single-file SD1.5 / SD2.1 / SDXL checkpoint, on one or "
         "many GPUs (tcd-train ..., accelerate launch -m comfyui_tcd_sampling.tcd_train ..., torchrun -m "
         "comfyui_tcd_sampling.tcd_train ...).",
@@ -78,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--comfyui", default=None, help="ComfyUI checkout to load models with (default $COMFYUI_PATH)")
     g.add_argument("--pretrained_model", required=True, help="teacher checkpoint, one .safetensors file")
-    g.add_argument("--negative_prompt", default="", help="the guided teacher's unconditional prompt")
+    g.add_argument("--negative_prompt", default="", help="the guided teacher's unconditional prompt (default: empty)")
     g = p.add_argument_group("data (one of --train_data_dir / --train_shards_path_or_url)")
     g.add_argument("--train_data_dir", default=None, help="image folder with <name>.txt captions beside images")
     g.add_argument(
@@ -93,28 +107,55 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings(p.add_argument_group("distillation (as the TCD Distill LoRA node)"), DistillConfig)
     g = p.add_argument_group("optimisation (as the TCD Distill LoRA node, then the trainer's own)")
     _add_settings(g, TrainSettings)
-    g.add_argument("--lr_scheduler", choices=("constant", "linear", "cosine"), default="constant")
-    g.add_argument("--lr_warmup_steps", type=int, default=500)
-    g.add_argument("--adam_beta1", type=float, default=0.9)
-    g.add_argument("--adam_beta2", type=float, default=0.999)
-    g.add_argument("--adam_weight_decay", type=float, default=1e-2)
-    g.add_argument("--adam_epsilon", type=float, default=1e-8)
+    g.add_argument(
+        "--lr_scheduler",
+        choices=("constant", "linear", "cosine"),
+        default="constant",
+        help="the lr after the warm-up: constant, or a linear / cosine decay to 0 at the last step",
+    )
+    g.add_argument(
+        "--lr_warmup_steps",
+        type=int,
+        default=500,
+        help="steps of linear lr warm-up from 0 (a warning when it is not shorter than the run)",
+    )
+    g.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW's beta1")
+    g.add_argument("--adam_beta2", type=float, default=0.999, help="AdamW's beta2")
+    g.add_argument("--adam_weight_decay", type=float, default=1e-2, help="AdamW's decoupled weight decay")
+    g.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW's epsilon")
     g.add_argument("--use_8bit_adam", action="store_true", help="bitsandbytes' AdamW8bit (must be installed)")
     g.add_argument("--max_grad_norm", type=float, default=1.0, help="0 = no clipping")
-    g.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None, help="default: accelerate's")
-    g.add_argument("--cpu", action="store_true", help="train on the CPU (tests, dry runs)")
+    g.add_argument(
+        "--mixed_precision", choices=("no", "fp16", "bf16"), default=None, help="default: accelerate's config, else no"
+    )
+    g.add_argument(
+        "--cpu",
+        action="store_true",
+        help="train on the CPU on purpose (tests, dry runs); without it, "
+        "a run that finds no GPU trains on the CPU with a warning",
+    )
     g = p.add_argument_group("output")
-    g.add_argument("--output_dir", default="tcd-lora")
+    g.add_argument("--output_dir", default="tcd-lora", help="folder for the LoRA, checkpoints, validation and logs")
     g.add_argument("--output_name", default="tcd_lora", help="the LoRA is <output_dir>/<output_name>.safetensors")
-    g.add_argument("--checkpointing_steps", type=int, default=500)
-    g.add_argument("--checkpoints_total_limit", type=int, default=None)
+    g.add_argument("--checkpointing_steps", type=int, default=500, help="save a checkpoint every this many steps")
+    g.add_argument("--checkpoints_total_limit", type=int, default=None, help="keep at most this many (default: all)")
     g.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or 'latest'")
     g.add_argument("--validation_steps", type=int, default=0, help="0 = no validation images")
-    g.add_argument("--validation_prompts", nargs="*", default=["a photo of a cat", "a watercolor of a lighthouse"])
-    g.add_argument("--validation_inference_steps", type=int, default=4)
-    g.add_argument("--validation_gamma", type=float, default=0.3)
-    g.add_argument("--report_to", choices=("tensorboard", "none"), default="tensorboard")
-    g.add_argument("--log_every", type=int, default=1)
+    g.add_argument(
+        "--validation_prompts",
+        nargs="*",
+        default=["a photo of a cat", "a watercolor of a lighthouse"],
+        help="prompts of the validation images",
+    )
+    g.add_argument("--validation_inference_steps", type=int, default=4, help="TCD sampler steps per validation image")
+    g.add_argument("--validation_gamma", type=float, default=0.3, help="the TCD sampler's gamma for validation")
+    g.add_argument(
+        "--report_to",
+        choices=("tensorboard", "none"),
+        default="tensorboard",
+        help="loss / lr / images to TensorBoard (<output_dir>/logs) when it is installed",
+    )
+    g.add_argument("--log_every", type=int, default=1, help="show loss and lr every this many steps")
     g.add_argument("--stop_at_step", type=int, default=None, help=argparse.SUPPRESS)  # tests: die as if killed
     return p
 

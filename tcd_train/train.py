@@ -28,7 +28,8 @@ import torch
 from ..tcd_core.distiller import Distiller, StepHooks, TrainingDiverged, TrainSettings
 from ..tcd_core.distiller import make_optimizer as node_optimizer
 from . import data as data_mod
-from .comfy_host import import_comfyui
+from . import startup
+from .comfy_host import import_comfyui, missing_requirements_named
 from .options import TrainerError, build_parser, check_options, parse_resolution
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -262,6 +263,8 @@ def train(args: argparse.Namespace, draws: Any = None) -> dict:
 
     family = engine.detect_family(args.pretrained_model)
     engine.check_resolution(resolution, family)
+    if accelerator.is_main_process:
+        startup.print_startup(startup.run_facts(accelerator, args, settings, config, family, source))
     compute_dtype = engine.COMPUTE_DTYPES[accelerator.mixed_precision]
     patcher, clip, vae = engine.load_checkpoint(args.pretrained_model, compute_dtype)
     with torch.inference_mode(False):
@@ -432,7 +435,8 @@ def validate(accelerator: Any, args: argparse.Namespace, student: Any, vae: Any,
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        summary = train(args)
+        with missing_requirements_named(args.comfyui):
+            summary = train(args)
     except TrainerError as error:
         print(f"tcd_train: error: {error}", file=sys.stderr)
         return 2
