@@ -22,8 +22,9 @@ class Plan:
     reference_steps: int = 50
     sensitivity_lrs: tuple[float, ...] = ()  # extra students at these learning rates (not judged)
     sensitivity_seeds: tuple[int, ...] = (0,)
-    ablations: tuple[tuple[tuple[str, object], ...], ...] = ()  # TCD students with these node widgets, seed 0
+    ablations: tuple[tuple[tuple[str, object], ...], ...] = ()  # TCD students with these node widgets
     ablation_teachers: tuple[str, ...] = ()
+    ablation_seeds: tuple[int, ...] = (0,)
 
 
 FULL = Plan(
@@ -44,6 +45,7 @@ FULL = Plan(
         (("rank", 16),),
     ),
     ablation_teachers=("base",),
+    ablation_seeds=(0, 1, 2),
 )
 QUICK = Plan(
     teachers=(TeacherSpec("quick", model_channels=32, iterations=150),),

@@ -64,6 +64,13 @@ class StudentSpec:
         return values
 
 
+def identifying_widgets(node: Any, widgets: dict) -> dict:
+    """The widgets that identify a student in the cache: all but optional inputs at their default (inputs appended
+    later with a default that trains what the node trained before they existed), so adding one keeps the cache."""
+    optional = {i.id: i.default for i in node.define_schema().inputs if getattr(i, "optional", False)}
+    return {k: v for k, v in widgets.items() if not (k in optional and v == optional[k])}
+
+
 def distill(
     host: Any, teacher: Any, teacher_key: str, prompts: Prompts, spec: StudentSpec, log: Any = print
 ) -> tuple[dict, dict]:
@@ -72,7 +79,8 @@ def distill(
 
     node = host.node(NODE_ID)
     widgets = spec.widgets(node)
-    key = digest([teacher_key, widgets, "digits-train-v1"])
+    keyed = identifying_widgets(node, widgets)
+    key = digest([teacher_key, keyed, "digits-train-v1"])
     stem = f"student-{spec.method}-s{spec.seed}-{key}"  # no dots: the suffixes below replace what follows one
     path = cache_dir() / stem
     if path.with_suffix(".safetensors").exists():
@@ -91,7 +99,7 @@ def distill(
     with torch.inference_mode():
         _, lora, loss_map, steps = node.execute(**inputs).args
     seconds = time.time() - start
-    info = {"seconds": seconds, "loss": [float(v) for v in loss_map["loss"]], "steps": int(steps), "widgets": widgets}
+    info = {"seconds": seconds, "loss": [float(v) for v in loss_map["loss"]], "steps": int(steps), "widgets": keyed}
     comfy.utils.save_torch_file({k: v.contiguous() for k, v in lora.items()}, str(path.with_suffix(".safetensors")))
     path.with_suffix(".json").write_text(json.dumps(info, default=str))
     log(f"  distilled {spec.label} seed {spec.seed} in {seconds:.0f}s, last loss {info['loss'][-1]:.5f}")
