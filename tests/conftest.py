@@ -13,6 +13,17 @@ from devkit.host import ComfyServer, comfyui_version, defined_hosts, extra_host
 from devkit.model_files import default_models_dir, ensure_test_models
 
 
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread for the test (many tiny forwards run far faster so on the shared 2-core machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def test_models() -> dict[str, Path]:
     """Random-weight test models in .dev/models (built on first use, about 20 s): {key: path}."""

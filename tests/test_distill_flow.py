@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -41,21 +41,15 @@ from comfyui_tcd_sampling.tcd_core.distill import (
     teacher_ddim_step,
 )
 from comfyui_tcd_sampling.tcd_core.distiller import DistillBatch, Distiller
-from test_distill_math import _adapters, _lora_net
+from test_distill_math import MU, _adapters, _gaussian_batch, _lora_net
 from torch import Tensor
 
 SIGMAS = shifted_flow_sigmas(3.0)  # SD3's table (ComfyUI's ModelSamplingDiscreteFlow, shift 3), float64
 FLOW = FlowSchedule(SIGMAS)
-MU = 0.3
 UNGUIDED = dict(guidance_min=0.0, guidance_max=0.0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def col(v: Tensor, like: Tensor) -> Tensor:
@@ -178,14 +172,6 @@ def test_closed_form_map_solves_the_flow_ode() -> None:
     dx = (x_of(sig + h) - x_of(sig - h)) / (2 * h)
     assert torch.allclose(dx, data.teacher()(x_of(sig), sig, MU), atol=1e-7)
     assert torch.allclose(data.ode_map(x_of(sig), sig, sig.flip(0), MU), x_of(sig.flip(0)), atol=1e-12)
-
-
-def _gaussian_batch(batch: int, elements: int, sd: float, seed: int, cfg: DistillConfig):
-    g = torch.Generator().manual_seed(seed)
-    points = draw_training_points(cfg, batch, g)
-    x0 = MU + sd * torch.randn(batch, elements, generator=g, dtype=torch.float64)
-    noise = torch.randn(batch, elements, generator=g, dtype=torch.float64)
-    return points, x0, noise
 
 
 @pytest.mark.parametrize("prediction", ["flow", "x0"])
