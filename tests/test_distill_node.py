@@ -64,6 +64,10 @@ def training(comfy: Comfy) -> SimpleNamespace:
     return SimpleNamespace(**names)
 
 
+def host_training(training: SimpleNamespace) -> Any:
+    return importlib.import_module(f"{training.DistillRun.__module__.rsplit('.', 1)[0]}.host_training")
+
+
 def tiny_model(seed: int = 0) -> Any:
     """A random-weight SD1.5-family model (ComfyUI's SD15 config class) in a real ModelPatcher, fp32."""
     import comfy.model_management
@@ -205,7 +209,16 @@ def test_lora_is_in_train_loras_format_and_every_key_patches(node: Any, training
     assert set(model.clone().add_patches(patches, 1.0)) == {f"{name}.weight" for name in targets}
 
 
-def test_teacher_is_the_model_with_adapters_off_and_only_the_lora_trains(training: SimpleNamespace) -> None:
+@pytest.mark.parametrize("bypass", [False, True], ids=["weight-wrappers", "bypass-mechanism"])
+def test_teacher_is_the_model_with_adapters_off_and_only_the_lora_trains(
+    training: SimpleNamespace, bypass: bool
+) -> None:
+    """With weight wrappers, and in bypass mode (forward hooks) on a host that has it (else refused)."""
+    host = host_training(training).HostTraining(bypass_mode=bypass)
+    if bypass and host.missing():
+        with pytest.raises(ValueError, match="bypass_mode: .*ComfyUI 0.30.0 or newer has it"):
+            host.check_host()
+        return
     model = tiny_model()
     reference = unet_output(model)
     args = inputs(model=model)
@@ -217,7 +230,7 @@ def test_teacher_is_the_model_with_adapters_off_and_only_the_lora_trains(trainin
     x = torch.randn(1, 4, 8, 8, generator=gen)
     context = torch.randn(1, 77, CONTEXT_DIM, generator=gen)
     t = torch.tensor([500])
-    with training.DistillRun(model, dataset, facts, config, settings) as trainer:
+    with training.DistillRun(model, dataset, facts, config, settings, host=host) as trainer:
         trainer.step()
         params = trainer.model.params
         grads_seen = [p for p in params if p.grad is not None]
@@ -378,7 +391,7 @@ def test_bucket_mode_draws_every_batch_from_one_size(node: Any, training: Simple
     assert dataset.buckets() == [[0, 1, 2], [3]]
     config = training.DistillConfig(prediction_type=facts.prediction_type)
     settings = training.TrainSettings(rank=4, batch_size=2, training_dtype="fp32")
-    host_module = importlib.import_module(f"{training.DistillRun.__module__.rsplit('.', 1)[0]}.host_training")
+    host_module = host_training(training)
     for bucket_mode in (True, False):
         host = host_module.HostTraining(bucket_mode=bucket_mode)
         run_ = training.DistillRun(model, dataset, facts, config, settings, host=host)
@@ -436,10 +449,6 @@ def test_bad_newer_inputs_are_refused_before_training(node: Any, overrides: dict
         run(node, **overrides)
     for fragment in fragments:
         assert fragment in str(error.value)
-
-
-def host_training(training: SimpleNamespace) -> Any:
-    return importlib.import_module(f"{training.DistillRun.__module__.rsplit('.', 1)[0]}.host_training")
 
 
 def fp8_model(seed: int = 0) -> Any:

@@ -239,7 +239,7 @@ def test_bypass_mode_on_fp8_weights_trains_on_a_host_that_has_it_and_is_refused_
 
 # The in-process checks of Train LoRA's newer mechanisms (tests/test_distill_node.py): on the main host (0.3.75)
 # they check the refusals; on a further host that has the mechanisms they train with them.
-NEWER_MECHANISM_TESTS = "mechanism or fp8 or previews or families"
+NEWER_MECHANISM_TESTS = "mechanism or fp8 or previews or families or bypass"
 
 
 @pytest.mark.parametrize("version", defined_hosts())
@@ -253,4 +253,4 @@ def test_the_newer_training_mechanisms_train_in_process_on_each_further_host(ver
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
     assert result.returncode == 0 and " passed" in summary and "failed" not in summary, result.stdout[-4000:]
-    assert re.search(r"\b9 passed", summary), f"ComfyUI {version}: {summary}"
+    assert re.search(r"\b10 passed", summary), f"ComfyUI {version}: {summary}"
