@@ -24,7 +24,7 @@ def _table(rows: list[dict], teacher: str, entries: list[tuple[str, str]], steps
 
 
 def _sensitivity(result: dict, teacher: str, steps: list[int]) -> list[str]:
-    """Seed-0 students at other learning rates next to the default ones (FD ref; not judged)."""
+    """Students at other learning rates and settings next to the default ones (FD ref; not judged)."""
     extra = [s for s in result["students"] if s["teacher"] == teacher and (s.get("lr") or s.get("overrides"))]
     if not extra:
         return []

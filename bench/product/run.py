@@ -116,8 +116,9 @@ def run(plan: Plan, log: Any = print) -> dict:
                     cell(teacher, "no-lora", spec.key(), conf, steps, 1.0, seed)
             lrs = [None, *(plan.sensitivity_lrs if seed in plan.sensitivity_seeds else ())]
             variants = [(lr, (), methods) for lr in lrs for methods in [(("tcd", TCD_SAMPLERS), ("lcm", LCM_SAMPLERS))]]
-            if seed in plan.ablation_seeds and spec.name in plan.ablation_teachers:
-                variants += [(None, overrides, (("tcd", TCD_SAMPLERS),)) for overrides in plan.ablations]
+            if seed in plan.ablation_seeds:
+                chosen = plan.ablations if spec.name in plan.ablation_teachers else plan.confirmations
+                variants += [(None, overrides, (("tcd", TCD_SAMPLERS),)) for overrides in chosen]
             for lr, overrides, methods in variants:
                 for method, samplers in methods:
                     sspec = StudentSpec(

@@ -25,6 +25,7 @@ class Plan:
     ablations: tuple[tuple[tuple[str, object], ...], ...] = ()  # TCD students with these node widgets
     ablation_teachers: tuple[str, ...] = ()
     ablation_seeds: tuple[int, ...] = (0,)
+    confirmations: tuple[tuple[tuple[str, object], ...], ...] = ()  # ablations also run on every other teacher
 
 
 FULL = Plan(
@@ -47,6 +48,7 @@ FULL = Plan(
     ),
     ablation_teachers=("base",),
     ablation_seeds=(0, 1, 2),
+    confirmations=((("loss", "huber"),),),  # Huber beat l2 at 2-8 steps on every base seed: does it on small?
 )
 QUICK = Plan(
     teachers=(TeacherSpec("quick", model_channels=32, iterations=150),),
