@@ -128,9 +128,10 @@ class DistillConfig:
         low=0.0, high=0.9999, step=0.0001,
     )  # fmt: skip
     loss: str = setting(
-        "l2",
-        "The distance d of Eq. 29: l2 = mean squared error (diffusers' --loss_type default), huber = pseudo-Huber "
-        "sqrt(diff^2 + c^2) - c (as LCM-LoRA was trained).",
+        "huber",
+        "The distance d of Eq. 29: huber = pseudo-Huber sqrt(diff^2 + c^2) - c (as LCM-LoRA was trained; closer to "
+        "the teacher than l2 at 2-8 steps in BENCHMARKS.md), l2 = mean squared error (diffusers' --loss_type "
+        "default).",
         choices=DISTILL_LOSSES, flag="--loss_type",
     )  # fmt: skip
     huber_c: float = setting(

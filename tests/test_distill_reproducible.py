@@ -39,11 +39,11 @@ NODE_CASES: dict[str, dict[str, Any]] = {
     "tcd-mixed-sizes-zero-ramp": {"s_rule": "uniform+zero-ramp", "s_zero_share": 0.5, "mixed": True},
 }
 TRAINER_CASES: dict[str, tuple[int, list[str]]] = {
-    "adamw-ema": (2, []),
+    "adamw-ema": (2, ["--loss_type", "l2"]),  # l2: the default when the digests were recorded
     "sgd-accumulate-3-lcm": (
         1,
-        ["--optimizer", "SGD", "--learning_rate", "0.2", "--gradient_accumulation_steps", "3", "--method", "lcm"],
-    ),  # fmt: skip
+        "--optimizer SGD --learning_rate 0.2 --gradient_accumulation_steps 3 --method lcm --loss_type l2".split(),
+    ),
 }
 
 

@@ -38,7 +38,7 @@ def _sensitivity(result: dict, teacher: str, steps: list[int]) -> list[str]:
         "",
         f"### Sensitivity: the node's learning rate and other settings (seed {', '.join(map(str, seeds))}; not judged)",
         "",
-        "FD to the teacher's reference; `tcd` / `lcm` = the node's defaults (lr 1e-4, EMA 0.95, l2, s uniform, "
+        "FD to the teacher's reference; `tcd` / `lcm` = the node's defaults (lr 1e-4, EMA 0.95, huber, s uniform, "
         "rank 64); other rows change the named widget(s) only.",
         "",
     ]

@@ -41,14 +41,14 @@ FULL = Plan(
     sensitivity_lrs=(1e-3,),
     ablations=(
         (("ema_decay", 0.0),),  # stop-grad target, as the LCM-LoRA scripts
-        (("loss", "huber"),),  # LCM-LoRA's pseudo-Huber
+        (("loss", "l2"),),  # the default before Huber (diffusers' --loss_type default)
         (("s_rule", "uniform+zero"), ("s_zero_share", 0.5)),  # trains the jumps to s = 0
         (("rank", 16),),
-        (("steps", 1200),),  # three times the budget: does more training close the 4-step gap?
+        (("steps", 1200), ("loss", "l2")),  # three times the budget (beside the l2 row): closes the 4-step gap?
     ),
     ablation_teachers=("base",),
     ablation_seeds=(0, 1, 2),
-    confirmations=((("loss", "huber"),),),  # Huber beat l2 at 2-8 steps on every base seed: does it on small?
+    confirmations=((("loss", "l2"),),),  # Huber against l2 on the small teacher too
 )
 QUICK = Plan(
     teachers=(TeacherSpec("quick", model_channels=32, iterations=150),),
