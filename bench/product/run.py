@@ -118,6 +118,8 @@ def run(plan: Plan, log: Any = print) -> dict:
             variants = [(lr, (), methods) for lr in lrs for methods in [(("tcd", TCD_SAMPLERS), ("lcm", LCM_SAMPLERS))]]
             if seed in plan.ablation_seeds:
                 chosen = plan.ablations if spec.name in plan.ablation_teachers else plan.confirmations
+                if spec.name in plan.ablation_teachers and seed == plan.ablation_seeds[0]:
+                    chosen = (*chosen, *plan.long_ablations)
                 variants += [(None, overrides, (("tcd", TCD_SAMPLERS),)) for overrides in chosen]
             for lr, overrides, methods in variants:
                 for method, samplers in methods:
