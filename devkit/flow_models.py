@@ -168,6 +168,18 @@ def fill_flow_module(module: torch.nn.Module, generator: torch.Generator, weight
                     tensor.copy_(value.to(tensor.dtype))
 
 
+def host_unet_config(unet_config: dict[str, Any]) -> dict[str, Any]:
+    """``unet_config`` with what the running ComfyUI's detection adds for the family: 0.30.0's Flux takes
+    ``txt_ids_dims`` ([] for Flux.1, as its detection sets)."""
+    config = dict(unet_config)
+    if config.get("image_model") == "flux":
+        import comfy.ldm.flux.model
+
+        if "txt_ids_dims" in getattr(comfy.ldm.flux.model.FluxParams, "__dataclass_fields__", {}):
+            config.setdefault("txt_ids_dims", [])
+    return config
+
+
 def tiny_flow_model(
     family: str, seed: int = 0, dtype: torch.dtype = torch.float32, manual_cast: torch.dtype | None = None
 ) -> Any:
@@ -182,6 +194,7 @@ def tiny_flow_model(
     import comfy.supported_models
 
     class_name, unet_config = TINY_MODELS[family]
+    unet_config = host_unet_config(unet_config)
     config = getattr(comfy.supported_models, class_name)(dict(unet_config, dtype=torch.float32))
     config.set_inference_dtype(torch.float32, None)
     base = config.get_model({})
