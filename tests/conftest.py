@@ -9,12 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from devkit.fixtures import TEST_PACKS
 from devkit.host import ComfyServer, comfyui_version, defined_hosts, extra_host
 from devkit.model_files import default_models_dir, ensure_test_models
-
-# Test-only nodes loaded beside the pack in the test servers: TCDTestTinyFlowModel builds tiny flow models
-# (devkit/flow_models.py), which ComfyUI's loaders cannot detect.
-TEST_PACKS = {"tcd-test-tiny-flow-models": Path(__file__).resolve().parent / "fixture_packs" / "tiny_flow_models"}
 
 
 @pytest.fixture
@@ -49,8 +46,8 @@ def tiny_checkpoint(test_models: dict[str, Path]) -> str:
 
 @pytest.fixture(scope="session")
 def comfy_server(test_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
-    """One ComfyUI server for the whole session, with this pack (and the test-only TEST_PACKS) loaded and the test
-    models mapped in."""
+    """One ComfyUI server for the whole session, with this pack (and the test-only devkit.fixtures.TEST_PACKS)
+    loaded and the test models mapped in."""
     server = ComfyServer(
         models_dir=default_models_dir(), work_dir=tmp_path_factory.mktemp("comfy-host"), extra_packs=TEST_PACKS
     )

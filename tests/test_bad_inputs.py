@@ -577,7 +577,7 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         ),
         "distill",
         (
-            "TCD Distill LoRA model: this model is Lumina2 (ComfyUI's Lumina2 class), a family the node does not distil",
+            "TCD Distill LoRA model: this model is Lumina2 (ComfyUI's Lumina2 class), a family the node does not",
             "Flux.1-dev, Flux.1-schnell, Qwen-Image, Z-Image",
         ),
         "Error in TCD Distill LoRA: `TCD Distill LoRA model: this model is Lumina2 (ComfyUI's Lumina2 class), a family "

@@ -1,11 +1,12 @@
 """TCD Distill LoRA on flow-matching models (issue 20, section 2), in process and through a real ComfyUI server.
 
-Each family is a tiny random-weight model built with ComfyUI's own classes (devkit.flow_models: SD3.5's MMDiT-X,
+Each family is a tiny random-weight model built with ComfyUI's own classes (tests/fixture_packs/tiny_flow_models,
+a test-only node pack ComfyUI loads beside the pack: SD3.5's MMDiT-X,
 Flux.1-dev, Flux.1-schnell, Qwen-Image, Z-Image; few blocks, small widths, the family's real module names) in a real
 ModelPatcher, built under ``torch.inference_mode`` as a server's loader builds it. The node trains it a few steps as
 ComfyUI runs it (under inference mode), the LoRA is loaded with ComfyUI's own loader (no key dropped) and changes the
 prediction, and the base weights are untouched. The server tests build the same models in a ComfyUI server through
-the test-only node ``TCDTestTinyFlowModel`` (tests/fixture_packs/tiny_flow_models), with CLIP-L's conditioning from
+the same pack's node ``TCDTestTinyFlowModel``, with CLIP-L's conditioning from
 the tiny SD1.5 checkpoint (the tiny models' text input is 768 wide) and latents from LoadLatent.
 
 Torch runs on one thread here: these are many tiny forwards, which threads only slow down on a shared CPU.
@@ -25,13 +26,12 @@ import numpy as np
 import pytest
 import torch
 
-from devkit.flow_models import FLOW_FAMILIES, tiny_flow_model
 from devkit.host import ComfyServer
 from devkit.inprocess import Comfy, load_comfy, run_node
 from devkit.model_files import default_models_dir
 
 NODE_ID = "TrajectoryConsistencyDistillLoRA"
-FAMILIES = list(FLOW_FAMILIES)
+FAMILIES = ["SD3", "Flux", "FluxSchnell", "QwenImage", "ZImage"]  # the tiny models' FLOW_FAMILIES, checked below
 TEXT_DIM = 768
 
 
@@ -65,8 +65,13 @@ def pack(comfy: Comfy) -> SimpleNamespace:
 
 def flow_model(family: str, seed: int = 0, **dtypes: Any) -> Any:
     """The tiny ``family`` model as a server's loader node makes it: under inference mode."""
+    builder = load_comfy(default_models_dir()).tiny_flow_models
     with torch.inference_mode():
-        return tiny_flow_model(family, seed, **dtypes)
+        return builder.tiny_flow_model(family, seed, **dtypes)
+
+
+def test_every_family_the_node_distils_has_a_tiny_model(comfy: Comfy, pack: SimpleNamespace) -> None:
+    assert FAMILIES == list(comfy.tiny_flow_models.FLOW_FAMILIES) == list(pack.FLOW_FAMILIES)
 
 
 def latent_shape(family: str, count: int = 2, size: int = 8) -> tuple[int, ...]:
