@@ -183,20 +183,25 @@ def host_unet_config(unet_config: dict[str, Any]) -> dict[str, Any]:
 
 
 def tiny_flow_model(
-    family: str, seed: int = 0, dtype: torch.dtype = torch.float32, manual_cast: torch.dtype | None = None
+    family: str,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    manual_cast: torch.dtype | None = None,
+    unet_overrides: dict[str, Any] | None = None,
 ) -> Any:
     """A random-weight ``family`` model (a key of ``TINY_MODELS``) in a ModelPatcher on ComfyUI's device.
 
     ``dtype``: the weights' dtype; ``manual_cast``: the dtype it computes in when the weights are narrower (fp8
     weights computed in fp32, as ComfyUI loads an fp8 file). The weights are the same for every dtype (filled in
-    fp32, then stored). Build it under ``torch.inference_mode`` to get what a ComfyUI server's loader node makes.
+    fp32, then stored). ``unet_overrides``: config entries to change (e.g. a real text encoder's widths). Build it
+    under ``torch.inference_mode`` to get what a ComfyUI server's loader node makes.
     """
     import comfy.model_management
     import comfy.model_patcher
     import comfy.supported_models
 
     class_name, unet_config = TINY_MODELS[family]
-    unet_config = host_unet_config(unet_config)
+    unet_config = host_unet_config({**unet_config, **(unet_overrides or {})})
     config = getattr(comfy.supported_models, class_name)(dict(unet_config, dtype=torch.float32))
     config.set_inference_dtype(torch.float32, None)
     base = config.get_model({})
