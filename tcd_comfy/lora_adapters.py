@@ -245,7 +245,8 @@ def attach_lora(
     algorithm: str = "LoRA",
     bypass: bool = False,
 ) -> LoraAdapters:
-    """Add an adapter to every target layer of ``patcher`` (a clone: the caller's model is untouched).
+    """Add an adapter to every target layer of ``patcher`` (a clone: the caller's model is untouched), and to the
+    other layers ``existing`` holds.
 
     New adapters are ComfyUI's ``create_train`` of ``algorithm`` (``new_adapter``: for LoRA up random, down
     zero); layers of ``existing`` (LoRA) continue from its weights. Initialisation draws from ``seed``
@@ -257,7 +258,12 @@ def attach_lora(
     # ComfyUI runs nodes under torch.inference_mode: parameters made there would never get gradients.
     with torch.inference_mode(False), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for name, module in lora_targets(patcher.model):
+        targets = lora_targets(patcher.model)
+        known = {name for name, _ in targets}
+        modules = dict(patcher.model.named_modules())
+        # a continued LoRA's layers outside the family's targets (e.g. a community Flux LoRA's txt_in) train on too
+        targets += [(name, modules[name]) for name in existing if name not in known and name in modules]
+        for name, module in targets:
             old = existing.get(name)
             if old is None:
                 adapter = new_adapter(algorithm, module.weight, rank)

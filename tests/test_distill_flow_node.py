@@ -286,6 +286,29 @@ def test_gradient_checkpointing_trains_the_lora_trained_without_it(node: Any, fa
             torch.testing.assert_close(checkpointed[1][key], tensor, rtol=0, atol=0)
 
 
+def test_continuing_a_flow_lora_starts_from_its_weights_on_every_layer_it_holds(
+    node: Any, pack: SimpleNamespace
+) -> None:
+    """existing_lora on Flux: the trained layers continue from the file, and a layer outside the family's targets
+    (a community LoRA's txt_in) gets an adapter too, instead of being dropped."""
+    model = flow_model("Flux")
+    lora = dict(run(node, "Flux", model=model)[1])
+    gen = torch.Generator().manual_seed(8)
+    extra = "diffusion_model.txt_in"
+    lora |= {
+        f"{extra}.lora_up.weight": torch.randn(64, 4, generator=gen),
+        f"{extra}.lora_down.weight": torch.randn(4, TEXT_DIM, generator=gen),
+        f"{extra}.alpha": torch.tensor(4.0),
+    }
+    existing = pack.read_existing_lora(model.model, lora)
+    assert extra in existing and extra not in {name for name, _ in pack.lora_targets(model.model)}
+    continued = pack.attach_lora(model.clone(), rank=8, dtype=torch.float32, seed=0, existing=existing)
+    state = continued.state_dict()
+    assert set(state) == set(lora)
+    for key, tensor in state.items():
+        torch.testing.assert_close(tensor, lora[key].float(), rtol=0, atol=0)
+
+
 def test_flux_dev_takes_the_guidance_of_its_conditioning_or_the_range_given(node: Any) -> None:
     """embedded_guidance 0, 0: the positive conditioning's guidance (FluxGuidance); a range replaces it (the conds'
     own guidance is not used then); another g trains another LoRA."""
