@@ -102,7 +102,7 @@ class TCDDistillLoRA(io.ComfyNode):
                 io.Model.Input(
                     "model",
                     tooltip="The model to distil (SD1.5, SD2.x, SDXL, SD3 / SD3.5, Flux.1-dev / schnell, Qwen-Image, "
-                    "Z-Image); it is the teacher.",
+                    "Z-Image, Wan 2.2 TI2V 5B); it is the teacher.",
                 ),
                 io.Latent.Input(
                     "latents",

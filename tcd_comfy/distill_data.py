@@ -12,7 +12,7 @@ import comfy.samplers
 import torch
 from torch import Tensor
 
-from .distill_model import FLOW_FAMILIES, ModelFacts, input_error
+from .distill_model import ModelFacts, input_error
 
 
 def flatten_latents(latents: Sequence[Any]) -> list[Tensor]:
@@ -52,7 +52,7 @@ def per_image(entries: list[list], num_images: int, input_name: str) -> list[lis
 
 
 def fit_latent_dims(images: list[Tensor], facts: ModelFacts) -> list[Tensor]:
-    """Image latents [1, C, H, W] of a model with 3-D latents (Qwen-Image: [B, C, T, H, W]) as one frame, as
+    """Image latents [1, C, H, W] of a model with 3-D latents (Qwen-Image, Wan: [B, C, T, H, W]) as one frame, as
     ComfyUI's sampling takes them (``comfy.sample.fix_empty_latent_channels``); others unchanged."""
     if facts.latent_dims != 3:
         return images
@@ -62,10 +62,10 @@ def fit_latent_dims(images: list[Tensor], facts: ModelFacts) -> list[Tensor]:
 def latent_form(facts: ModelFacts) -> str:
     """What this model's latents look like, for the refusals."""
     c = facts.latent_channels
-    if facts.latent_dims == 3 and facts.family in FLOW_FAMILIES:  # an image model with a video latent format
+    if facts.latent_dims == 3 and facts.video:
+        return f"{c}-channel video latents [B, {c}, T, H, W] (an image: [B, {c}, H, W])"
+    if facts.latent_dims == 3:  # an image model with a video latent format (Qwen-Image)
         return f"{c}-channel image latents [B, {c}, 1, H, W] (or [B, {c}, H, W])"
-    if facts.latent_dims == 3:
-        return f"{c}-channel video latents [B, {c}, T, H, W]"
     return f"{c}-channel image latents [B, C, H, W]" if not facts.flow else f"{c}-channel image latents [B, {c}, H, W]"
 
 
@@ -77,7 +77,7 @@ def check_latents(images: list[Tensor], facts: ModelFacts) -> None:
     m = facts.latent_multiple
     model, network = (f"this {facts.label} model", "network") if facts.flow else ("this model", "UNet")
     for i, image in enumerate(images):
-        frames_ok = facts.latent_dims != 3 or facts.family not in FLOW_FAMILIES or image.shape[2] == 1
+        frames_ok = facts.latent_dims != 3 or facts.video or image.ndim != 5 or image.shape[2] == 1
         if image.ndim != 2 + facts.latent_dims or image.shape[1] != facts.latent_channels or not frames_ok:
             raise input_error(
                 "latents",

@@ -24,10 +24,12 @@ class FlowFamily:
     config: str  # the model config's class name, e.g. "Flux"
     label: str  # what users call it
     lora_blocks: tuple[str, ...]  # the module lists whose Linear layers the LoRA adapts
+    video: bool = False  # latents [B, C, T, H, W] of any T (an image model's 3-D latents hold one frame)
 
 
 # The families, and the blocks whose Linear layers their community LoRAs train (kohya sd-scripts, musubi-tuner and
-# ai-toolkit: attention, MLP and modulation of every transformer block; not the embedders or the final layer).
+# ai-toolkit: attention, MLP and modulation of every transformer block; not the embedders or the final layer). Wan
+# 2.2's 5B TI2V model is distilled as text-to-video (no first-frame image: no denoise mask).
 FLOW_FAMILIES: dict[str, FlowFamily] = {
     family.config: family
     for family in (
@@ -36,6 +38,7 @@ FLOW_FAMILIES: dict[str, FlowFamily] = {
         FlowFamily("FluxSchnell", "Flux.1-schnell", ("double_blocks", "single_blocks")),
         FlowFamily("QwenImage", "Qwen-Image", ("transformer_blocks",)),
         FlowFamily("ZImage", "Z-Image", ("layers", "noise_refiner", "context_refiner")),
+        FlowFamily("WAN22_T2V", "Wan 2.2 TI2V 5B", ("blocks",), video=True),
     )
 }
 FLOW_LABELS = ", ".join(f.label for f in FLOW_FAMILIES.values())
@@ -65,6 +68,7 @@ class ModelFacts:
     latent_dims: int = 2
     latent_multiple: int = 8
     embedded_guidance: bool = False
+    video: bool = False  # a video model: latents [B, C, T, H, W] of any T
 
     @property
     def flow(self) -> bool:
@@ -157,6 +161,7 @@ def _flow_facts(patcher: Any, family: FlowFamily) -> ModelFacts:
         latent_dims=int(getattr(latent_format, "latent_dimensions", 2)),
         latent_multiple=patch,
         embedded_guidance=bool(getattr(params, "guidance_embed", False)),
+        video=family.video,
     )
 
 

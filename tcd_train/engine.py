@@ -27,7 +27,7 @@ from torch import Tensor
 
 from ..tcd_comfy import sampling
 from ..tcd_comfy.distill_data import batch_conds, encode_conds
-from ..tcd_comfy.distill_model import FLOW_FAMILIES, FLOW_LABELS, model_facts
+from ..tcd_comfy.distill_model import FLOW_FAMILIES, model_facts
 from ..tcd_comfy.guidance_inputs import EmbeddedGuidanceInputs
 from ..tcd_comfy.lora_student import LoraStudent
 from ..tcd_core.distill import DistillConfig, TrainingPoints, draw_training_points
@@ -37,9 +37,10 @@ from .data import Sample, prepare_image, sample_generator
 from .options import Resolution, TrainerError, trainer_error
 
 # ComfyUI model configs (comfy.supported_models) the trainer distils: discrete-time VP UNets, eps or v, and the
-# node's flow families (tcd_comfy.distill_model.FLOW_FAMILIES).
+# node's flow image families (tcd_comfy.distill_model.FLOW_FAMILIES; its data are images, so no video model).
 VP_FAMILIES = ("SD15", "SD20", "SDXL", "SSD1B", "Segmind_Vega", "KOALA_700M", "KOALA_1B")
-SUPPORTED_FAMILIES = (*VP_FAMILIES, *FLOW_FAMILIES)
+IMAGE_FLOW_FAMILIES = tuple(name for name, family in FLOW_FAMILIES.items() if not family.video)
+SUPPORTED_FAMILIES = (*VP_FAMILIES, *IMAGE_FLOW_FAMILIES)
 # The text encoders' type for ComfyUI's load_clip (CLIPLoader's / DualCLIPLoader's `type`) per flow family.
 CLIP_TYPES = {"SD3": "SD3", "Flux": "FLUX", "FluxSchnell": "FLUX", "QwenImage": "QWEN_IMAGE", "ZImage": "LUMINA2"}
 TEXT_ENCODERS = {
@@ -66,7 +67,7 @@ class Family:
 
     @property
     def flow(self) -> bool:
-        return self.name in FLOW_FAMILIES
+        return self.name in IMAGE_FLOW_FAMILIES
 
 
 def detect_family(path: str) -> Family:
@@ -92,9 +93,11 @@ def detect_family(path: str) -> Family:
     name = type(config).__name__ if config is not None else None
     if name not in SUPPORTED_FAMILIES:
         found = name or "no model ComfyUI recognises"
+        labels = ", ".join(FLOW_FAMILIES[family].label for family in IMAGE_FLOW_FAMILIES)
         raise TrainerError(
             f"--pretrained_model {path}: {found}; the trainer distils SD1.x, SD2.x (eps or v) and SDXL checkpoints "
-            f"({', '.join(VP_FAMILIES)}) and the flow models {FLOW_LABELS} ({', '.join(FLOW_FAMILIES)})"
+            f"({', '.join(VP_FAMILIES)}) and the flow image models {labels} ({', '.join(IMAGE_FLOW_FAMILIES)}); "
+            "video models only with the TCD Distill LoRA node"
         )
     if name in FLOW_FAMILIES:
         patch = config.unet_config.get("patch_size", 2)

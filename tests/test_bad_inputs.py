@@ -549,8 +549,8 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "Error in TCD Distill LoRA: `TCD Distill LoRA model: this model samples as a flow model "
         "(ModelSamplingDiscreteFlow, CONST); its UNet distils on the discrete 1000-step VP schedule it was trained on, "
         "with eps or v prediction (SD1.x, SD2.x, SDXL): remove the ModelSampling node that changed it (flow "
-        "distillation takes the flow families: SD3 / SD3.5, Flux.1-dev, Flux.1-schnell, Qwen-Image, Z-Image)` (before "
-        "any training)",
+        "distillation takes the flow families: SD3 / SD3.5, Flux.1-dev, Flux.1-schnell, Qwen-Image, Z-Image, Wan 2.2 "
+        "TI2V 5B)` (before any training)",
     ),
     BadInput(
         "distill-x0-prediction",
@@ -578,11 +578,11 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "distill",
         (
             "TCD Distill LoRA model: this model is Lumina2 (ComfyUI's Lumina2 class), a family the node does not",
-            "Flux.1-dev, Flux.1-schnell, Qwen-Image, Z-Image",
+            "Flux.1-dev, Flux.1-schnell, Qwen-Image, Z-Image, Wan 2.2 TI2V 5B",
         ),
         "Error in TCD Distill LoRA: `TCD Distill LoRA model: this model is Lumina2 (ComfyUI's Lumina2 class), a family "
         "the node does not distil; it distils SD1.x, SD2.x and SDXL (eps or v) and the flow models SD3 / SD3.5, "
-        "Flux.1-dev, Flux.1-schnell, Qwen-Image, Z-Image` (before any training)",
+        "Flux.1-dev, Flux.1-schnell, Qwen-Image, Z-Image, Wan 2.2 TI2V 5B` (before any training)",
     ),
     BadInput(
         "distill-embedded-guidance-without-input",

@@ -1,13 +1,13 @@
 """TCD Distill LoRA on flow-matching models (issue 20, section 2), in process and through a real ComfyUI server.
 
 Each family is a tiny random-weight model built with ComfyUI's own classes (tests/fixture_packs/tiny_flow_models,
-a test-only node pack ComfyUI loads beside the pack: SD3.5's MMDiT-X,
-Flux.1-dev, Flux.1-schnell, Qwen-Image, Z-Image; few blocks, small widths, the family's real module names) in a real
-ModelPatcher, built under ``torch.inference_mode`` as a server's loader builds it. The node trains it a few steps as
-ComfyUI runs it (under inference mode), the LoRA is loaded with ComfyUI's own loader (no key dropped) and changes the
-prediction, and the base weights are untouched. The server tests build the same models in a ComfyUI server through
-the same pack's node ``TCDTestTinyFlowModel``, with CLIP-L's conditioning from
-the tiny SD1.5 checkpoint (the tiny models' text input is 768 wide) and latents from LoadLatent.
+a test-only node pack ComfyUI loads beside the pack: SD3.5's MMDiT-X, Flux.1-dev, Flux.1-schnell, Qwen-Image,
+Z-Image, Wan 2.2 TI2V 5B; few blocks, small widths, the family's real module names) in a real ModelPatcher, built
+under ``torch.inference_mode`` as a server's loader builds it. The node trains it a few steps as ComfyUI runs it
+(under inference mode), the LoRA is loaded with ComfyUI's own loader (no key dropped) and changes the prediction,
+and the base weights are untouched. The server tests build the same models in a ComfyUI server through the same
+pack's node ``TCDTestTinyFlowModel``, with CLIP-L's conditioning from the tiny SD1.5 checkpoint (the tiny models'
+text input is 768 wide) and latents from LoadLatent.
 
 Torch runs on one thread here: these are many tiny forwards, which threads only slow down on a shared CPU.
 """
@@ -18,7 +18,6 @@ import importlib
 import math
 import shutil
 import uuid
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -31,16 +30,18 @@ from devkit.inprocess import Comfy, load_comfy, run_node
 from devkit.model_files import default_models_dir
 
 NODE_ID = "TrajectoryConsistencyDistillLoRA"
-FAMILIES = ["SD3", "Flux", "FluxSchnell", "QwenImage", "ZImage"]  # the tiny models' FLOW_FAMILIES, checked below
+FAMILIES = [
+    "SD3",
+    "Flux",
+    "FluxSchnell",
+    "QwenImage",
+    "ZImage",
+    "WAN22_T2V",
+]  # the tiny models' FLOW_FAMILIES, checked below
 TEXT_DIM = 768
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,10 @@ def test_every_family_the_node_distils_has_a_tiny_model(comfy: Comfy, pack: Simp
 
 
 def latent_shape(family: str, count: int = 2, size: int = 8) -> tuple[int, ...]:
-    return (count, 16, 1, size, size) if family == "QwenImage" else (count, 16, size, size)
+    """Qwen-Image: one frame of 16 channels; Wan 2.2: two frames of 48 channels; the others 16-channel images."""
+    return {"QwenImage": (count, 16, 1, size, size), "WAN22_T2V": (count, 48, 2, size, size)}.get(
+        family, (count, 16, size, size)
+    )
 
 
 def conditioning(seed: int, count: int = 1, tokens: int = 7, **extra: Any) -> list:
@@ -160,6 +164,7 @@ EXPECTED_FACTS = {
     "FluxSchnell": (1000, lambda u: u, 1.0, False, 2),
     "QwenImage": (10000, _flux_shift, 1.0, False, 3),
     "ZImage": (1000, _sd3_shift, 1.0, False, 2),
+    "WAN22_T2V": (1000, lambda u: 8.0 * u / (1 + 7.0 * u), 1000.0, False, 3),
 }
 
 
@@ -172,7 +177,8 @@ def test_each_family_distils_on_its_own_sigmas_through_its_own_apply_model(pack:
     model = flow_model(family)
     facts = pack.model_facts(model)
     assert (facts.prediction_type, facts.flow, facts.family) == ("x0", True, family)
-    assert (facts.embedded_guidance, facts.latent_dims, facts.latent_channels) == (guidance_input, dims, 16)
+    channels = 48 if family == "WAN22_T2V" else 16
+    assert (facts.embedded_guidance, facts.latent_dims, facts.latent_channels) == (guidance_input, dims, channels)
     u = torch.arange(1, length + 1, dtype=torch.float64) / length
     torch.testing.assert_close(facts.sigmas, shift(u), rtol=1e-6, atol=1e-7)
     sampling = model.get_model_object("model_sampling")
@@ -228,6 +234,11 @@ EXPECTED_TARGETS = {
          "layers.1.feed_forward.w2", "layers.1.feed_forward.w3", "layers.0.adaLN_modulation.0",
          "noise_refiner.0.attention.qkv", "context_refiner.0.feed_forward.w1"},
         {"x_embedder", "cap_embedder.1", "t_embedder.mlp.0", "final_layer.linear"},
+    ),
+    "WAN22_T2V": (
+        {"blocks.0.self_attn.q", "blocks.0.self_attn.o", "blocks.0.cross_attn.k", "blocks.1.cross_attn.o",
+         "blocks.0.ffn.0", "blocks.1.ffn.2"},
+        {"patch_embedding", "text_embedding.0", "time_embedding.0", "time_projection.1", "head.head"},
     ),
 }  # fmt: skip
 

@@ -127,6 +127,27 @@ FLOW_FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
             "pad_tokens_multiple": 32,
         },
     ),
+    # Wan 2.2 TI2V 5B: two blocks of width 128 (its head width), 48-channel video latents [B, 48, T, H, W].
+    "WAN22_T2V": (
+        "WAN22_T2V",
+        {
+            "image_model": "wan2.1",
+            "model_type": "t2v",
+            "in_dim": 48,
+            "out_dim": 48,
+            "dim": 128,
+            "ffn_dim": 256,
+            "num_heads": 1,
+            "num_layers": 2,
+            "text_dim": TEXT_DIM,
+            "freq_dim": 256,
+            "patch_size": (1, 2, 2),
+            "window_size": (-1, -1),
+            "qk_norm": True,
+            "cross_attn_norm": True,
+            "eps": 1e-6,
+        },
+    ),
 }
 # Families the node refuses by name, for its tests: Lumina Image 2.0 (Z-Image's class, Gemma text features).
 UNSUPPORTED_FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
