@@ -17,6 +17,10 @@ from devkit.host import REPO_ROOT
 
 IPADAPTER_STAND_IN_PACK = REPO_ROOT / "tests" / "fixture_packs" / "ipadapter_schemas"
 IPADAPTER_OBJECT_INFO_PATH = IPADAPTER_STAND_IN_PACK / "object_info.json"
+# Test-only node packs ComfyUI loads beside the pack in the test servers and in process ({folder name: folder}):
+# TCDTestTinyFlowModel builds tiny flow models (ComfyUI cannot detect them, so no loader of its own can).
+TEST_PACKS = {"tcd-test-tiny-flow-models": REPO_ROOT / "tests" / "fixture_packs" / "tiny_flow_models"}
+TINY_FLOW_MODEL_NODE = "TCDTestTinyFlowModel"
 
 
 def ipadapter_object_info() -> dict[str, dict[str, Any]]:

@@ -16,6 +16,7 @@ from types import ModuleType
 from typing import Any
 
 from devkit.comfy_import import import_comfyui
+from devkit.fixtures import TEST_PACKS, TINY_FLOW_MODEL_NODE
 from devkit.host import MODEL_FOLDERS, PACK_DIR_NAME, REPO_ROOT
 
 PACK_NODE_IDS = ("TrajectoryConsistencySampler", "TrajectoryConsistencyScheduler", "TrajectoryConsistencyLoraLoader")
@@ -29,6 +30,11 @@ class Comfy:
 
     def node(self, node_id: str) -> Any:
         return self.node_classes[node_id]
+
+    @property
+    def tiny_flow_models(self) -> ModuleType:
+        """The test-only pack that builds tiny flow models (tests/fixture_packs/tiny_flow_models), as loaded."""
+        return sys.modules[self.node_classes[TINY_FLOW_MODEL_NODE].__module__]
 
     @property
     def pack(self) -> ModuleType:
@@ -47,7 +53,8 @@ def loaded_comfy() -> Comfy | None:
 
 
 def load_comfy(models_dir: Path) -> Comfy:
-    """Import ComfyUI on the CPU, map its model folders to ``models_dir`` and load this pack.
+    """Import ComfyUI on the CPU, map its model folders to ``models_dir`` and load this pack (and the test-only
+    ``devkit.fixtures.TEST_PACKS``).
 
     Once per process: a later call returns the ComfyUI already loaded (its folders stay mapped).
     """
@@ -59,6 +66,8 @@ def load_comfy(models_dir: Path) -> Comfy:
 
     custom_nodes = Path(tempfile.mkdtemp(prefix="tcd-custom-nodes-"))
     (custom_nodes / PACK_DIR_NAME).symlink_to(REPO_ROOT, target_is_directory=True)
+    for name, folder in TEST_PACKS.items():  # test-only nodes (devkit.fixtures), as in the test servers
+        (custom_nodes / name).symlink_to(folder, target_is_directory=True)
     folder_paths.add_model_folder_path("custom_nodes", str(custom_nodes), is_default=True)
     for name in MODEL_FOLDERS:
         folder_paths.add_model_folder_path(name, str(models_dir / name), is_default=True)

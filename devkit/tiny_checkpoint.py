@@ -76,3 +76,59 @@ def build_tiny_sd15_unet(out_dir: Path | str, source_checkpoint: Path | str | No
     comfy.utils.save_torch_file(unet, str(tmp))
     tmp.replace(path)
     return path
+
+
+SD3_FILES_VERSION = "1"  # bump when what build_tiny_sd3_files writes changes
+
+
+def build_tiny_sd3_files(
+    out_dir: Path | str, diffusion_model: dict, source_checkpoint: Path | str | None = None
+) -> dict[str, Path]:
+    """A tiny SD3.5-shaped model as users have it, in ``out_dir/sd3-v<version>/`` (written once, reused): the
+    diffusion-model file (``diffusion_model``: the network's state dict, ComfyUI's MMDiT names, as in
+    models/diffusion_models), CLIP-L (models/text_encoders: the SD1.5 test checkpoint's real-size CLIP-L) and a
+    16-channel VAE (models/vae: the test checkpoint's SD VAE with SD3's 16-channel latent layers, seeded, no quant
+    convs), and the single-file checkpoint holding all three under SD3's prefixes (models/checkpoints).
+
+    ComfyUI detects an MMDiT of width 64 x depth from its shapes, so its loaders read these files as SD3; with CLIP-L
+    alone its SD3 text encoder pads the features to T5's 4096 and the pooled output to 2048 with zeros."""
+    import comfy.utils
+    import torch
+    from safetensors import safe_open
+
+    from devkit.model_files import ensure_test_models
+
+    folder = Path(out_dir) / f"sd3-v{SD3_FILES_VERSION}"
+    paths = {
+        "diffusion_model": folder / "tcd-tiny-sd3-diffusion-model.safetensors",
+        "clip_l": folder / "tcd-test-clip-l.safetensors",
+        "vae": folder / "tcd-test-sd3-vae.safetensors",
+        "checkpoint": folder / "tcd-tiny-sd35.safetensors",
+    }
+    if all(path.is_file() for path in paths.values()):
+        return paths
+    source = Path(source_checkpoint) if source_checkpoint else ensure_test_models()["checkpoint_sd15"]
+    clip, vae = {}, {}
+    with safe_open(str(source), framework="pt") as f:
+        for key in f.keys():
+            if key.startswith("cond_stage_model.transformer."):
+                clip[key.removeprefix("cond_stage_model.transformer.")] = f.get_tensor(key)
+            elif key.startswith("first_stage_model.") and "quant_conv" not in key:
+                vae[key.removeprefix("first_stage_model.")] = f.get_tensor(key)
+    gen = torch.Generator().manual_seed(TINY_SEED + 3)
+    for key, shape in {"encoder.conv_out.weight": (32, 512, 3, 3), "encoder.conv_out.bias": (32,),
+                       "decoder.conv_in.weight": (512, 16, 3, 3)}.items():  # fmt: skip
+        vae[key] = torch.randn(shape, generator=gen) * 0.02
+    half = {
+        name: {k: (v.to(torch.float16) if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
+        for name, tensors in (("diffusion_model", diffusion_model), ("clip_l", clip), ("vae", vae))
+    }
+    checkpoint = {f"model.diffusion_model.{k}": v for k, v in half["diffusion_model"].items()}
+    checkpoint |= {f"text_encoders.clip_l.transformer.{k}": v for k, v in half["clip_l"].items()}
+    checkpoint |= {f"first_stage_model.{k}": v for k, v in half["vae"].items()}
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, tensors in (*half.items(), ("checkpoint", checkpoint)):
+        tmp = paths[name].with_name(paths[name].name + ".tmp")
+        comfy.utils.save_torch_file(tensors, str(tmp))
+        tmp.replace(paths[name])
+    return paths

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import comfy.model_management
@@ -23,6 +24,7 @@ from tqdm.auto import trange
 from ..tcd_comfy.distill_data import DistillDataset, build_dataset, flatten_conditioning
 from ..tcd_comfy.distill_model import ModelFacts, input_error, model_facts
 from ..tcd_comfy.distill_run import DistillRun
+from ..tcd_comfy.guidance_inputs import EmbeddedGuidanceInputs, guidance_note
 from ..tcd_comfy.host_training import HostTraining
 from ..tcd_comfy.lora_adapters import read_existing_lora
 from ..tcd_comfy.lora_stack import NONE, read_lora
@@ -61,15 +63,23 @@ def _node_error(error: TCDInputError) -> TCDInputError:
     return TCDInputError(f"{NODE_NAME} {error.field}: {error.detail}", field=error.field, detail=error.detail)
 
 
-def _settings(values: dict[str, Any], facts: ModelFacts) -> tuple[DistillConfig, TrainSettings, HostTraining]:
-    """The settings of the run from the node's values; an input absent from an older prompt takes its default."""
+def _settings(
+    values: dict[str, Any], facts: ModelFacts, positive: Sequence[Any] = ()
+) -> tuple[DistillConfig, TrainSettings, HostTraining]:
+    """The settings of the run from the node's values; an input absent from an older prompt takes its default. The
+    model's facts (prediction type, schedule length, embedded guidance input) complete the DistillConfig."""
 
     def of(cls: type) -> dict[str, Any]:
         return {name: values[name] for name, (spec, _) in settings_of(cls).items() if spec.node and name in values}
 
-    config = DistillConfig(**of(DistillConfig), prediction_type=facts.prediction_type)
+    embedded = EmbeddedGuidanceInputs(**of(EmbeddedGuidanceInputs))
+    guidance = embedded.config_fields(facts, flatten_conditioning(positive))
+    config = DistillConfig(**of(DistillConfig), **facts.config_fields(), **guidance)
     host = HostTraining(**of(HostTraining))
     host.check_host()
+    note = guidance_note(facts, config)
+    if note is not None:
+        log.warning("%s: %s", NODE_NAME, note)
     return config, TrainSettings(**of(TrainSettings)), host
 
 
@@ -89,7 +99,11 @@ class TCDDistillLoRA(io.ComfyNode):
             is_experimental=True,
             is_input_list=True,  # a dataset arrives as lists (Train LoRA's convention)
             inputs=[
-                io.Model.Input("model", tooltip="The checkpoint to distil (SD1.5, SD2.x or SDXL); it is the teacher."),
+                io.Model.Input(
+                    "model",
+                    tooltip="The model to distil (SD1.5, SD2.x, SDXL, SD3 / SD3.5, Flux.1-dev / schnell, Qwen-Image, "
+                    "Z-Image, Wan 2.2 TI2V 5B); it is the teacher.",
+                ),
                 io.Latent.Input(
                     "latents",
                     tooltip="The training images as latents: one batched LATENT (VAE Encode) or a list of them "
@@ -113,6 +127,7 @@ class TCDDistillLoRA(io.ComfyNode):
                 ),
                 *setting_inputs(DistillConfig),
                 *setting_inputs(HostTraining, optional=True),
+                *setting_inputs(EmbeddedGuidanceInputs, optional=True),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The model with the trained LoRA applied."),
@@ -130,7 +145,7 @@ class TCDDistillLoRA(io.ComfyNode):
         existing_name = values["existing_lora"]
         try:  # everything is checked before any training
             facts = model_facts(model)
-            config, settings, host = _settings(values, facts)
+            config, settings, host = _settings(values, facts, positive)
             dataset = build_dataset(model, latents, positive, negative, facts)
             existing = None
             if existing_name != NONE and host.algorithm != "LoRA":

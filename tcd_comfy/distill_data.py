@@ -51,21 +51,45 @@ def per_image(entries: list[list], num_images: int, input_name: str) -> list[lis
     return entries
 
 
+def fit_latent_dims(images: list[Tensor], facts: ModelFacts) -> list[Tensor]:
+    """Image latents [1, C, H, W] of a model with 3-D latents (Qwen-Image, Wan: [B, C, T, H, W]) as one frame, as
+    ComfyUI's sampling takes them (``comfy.sample.fix_empty_latent_channels``); others unchanged."""
+    if facts.latent_dims != 3:
+        return images
+    return [image.unsqueeze(2) if image.ndim == 4 else image for image in images]
+
+
+def latent_form(facts: ModelFacts) -> str:
+    """What this model's latents look like, for the refusals."""
+    c = facts.latent_channels
+    if facts.latent_dims == 3 and facts.video:
+        return f"{c}-channel video latents [B, {c}, T, H, W] (an image: [B, {c}, H, W])"
+    if facts.latent_dims == 3:  # an image model with a video latent format (Qwen-Image)
+        return f"{c}-channel image latents [B, {c}, 1, H, W] (or [B, {c}, H, W])"
+    return f"{c}-channel image latents [B, C, H, W]" if not facts.flow else f"{c}-channel image latents [B, {c}, H, W]"
+
+
 def check_latents(images: list[Tensor], facts: ModelFacts) -> None:
+    """Refuse, naming ``latents``, an empty dataset and latents of another form, channel count (another family's
+    VAE), size or with non-finite values."""
     if not images:
         raise input_error("latents", "the dataset is empty: give at least one latent (e.g. VAE Encode of an image)")
+    m = facts.latent_multiple
+    model, network = (f"this {facts.label} model", "network") if facts.flow else ("this model", "UNet")
     for i, image in enumerate(images):
-        if image.ndim != 4 or image.shape[1] != facts.latent_channels:
+        frames_ok = facts.latent_dims != 3 or facts.video or image.ndim != 5 or image.shape[2] == 1
+        if image.ndim != 2 + facts.latent_dims or image.shape[1] != facts.latent_channels or not frames_ok:
             raise input_error(
                 "latents",
-                f"latent {i} has shape {tuple(image.shape)}, but this model takes {facts.latent_channels}-channel "
-                "image latents [B, C, H, W] (encode the images with this model's VAE)",
+                f"latent {i} has shape {tuple(image.shape)}, but {model} takes {latent_form(facts)} "
+                "(encode the images with this model's VAE)",
             )
-        if image.shape[2] % 8 or image.shape[3] % 8:
+        if image.shape[-2] % m or image.shape[-1] % m:
+            pixels = "images in multiples of 64 pixels" if m == 8 else f"images in multiples of {8 * m} pixels"
             raise input_error(
                 "latents",
-                f"latent {i} is {image.shape[3]}x{image.shape[2]}; the UNet needs latent sides that are multiples "
-                "of 8 (images in multiples of 64 pixels)",
+                f"latent {i} is {image.shape[-1]}x{image.shape[-2]}; the {network} needs latent sides that are "
+                f"multiples of {m} ({pixels})",
             )
         if not torch.isfinite(image).all():
             raise input_error("latents", f"latent {i} holds NaN or infinite values")
@@ -85,7 +109,7 @@ def encode_conds(base_model: Any, entry: list, latent: Tensor, device: torch.dev
 class DistillDataset:
     """Latents in the model's latent space (``process_latent_in`` applied) and per-image conds."""
 
-    latents: list[Tensor]  # [1, C, H, W] each, float32, CPU
+    latents: list[Tensor]  # [1, C, H, W] each ([1, C, T, H, W] for 3-D latent formats), float32, CPU
     positive: list[dict]  # encode_conds per image
     negative: list[dict]
 
@@ -105,7 +129,7 @@ def build_dataset(
     patcher: Any, latents: Sequence[Any], positive: Sequence[Any], negative: Sequence[Any], facts: ModelFacts
 ) -> DistillDataset:
     """Check and prepare the node's data inputs; every refusal names the input, before any training."""
-    images = flatten_latents(latents)
+    images = fit_latent_dims(flatten_latents(latents), facts)
     check_latents(images, facts)
     pos = per_image(flatten_conditioning(positive), len(images), "positive")
     neg = per_image(flatten_conditioning(negative), len(images), "negative")

@@ -36,6 +36,7 @@ class DistillRun:
         host: HostTraining | None = None,
     ) -> None:
         self.dataset = dataset
+        self.facts = facts
         self.settings = settings
         self.host = host or HostTraining()
         self.buckets = dataset.buckets()
@@ -49,7 +50,7 @@ class DistillRun:
             )  # fmt: skip
             self.generator = torch.Generator().manual_seed(settings.seed)
             self.distiller = Distiller(
-                config, self.model.alphas_cumprod, self.model.student, self.model.teacher, self.model.params,
+                config, self.model.schedule, self.model.student, self.model.teacher, self.model.params,
                 make_optimizer(settings, self.model.params), accumulation=settings.grad_accumulation_steps,
                 generator=self.generator,
             )  # fmt: skip
@@ -72,13 +73,23 @@ class DistillRun:
         order = torch.randperm(len(bucket), generator=self.generator)
         return [bucket[i] for i in order[: self.settings.batch_size].tolist()]
 
+    def group_key(self, i: int) -> tuple:
+        """Images batched together: one latent size; on a flow model also one shape of every cond, since their
+        text conds (T5 / Qwen features of each caption's length) concatenate only when equal (CONDRegular)."""
+        key: tuple = tuple(self.dataset.latents[i].shape)
+        if self.facts.flow:
+            for conds in (self.dataset.positive[i], self.dataset.negative[i]):
+                shapes = {name: tuple(c.cond.shape) for name, c in conds.items() if isinstance(c.cond, Tensor)}
+                key += tuple(sorted(shapes.items()))
+        return key
+
     def micro_batch(self) -> list[DistillBatch]:
-        """One micro-batch (``draw_indices``) as groups of one image size each (a multi-resolution dataset);
-        the loss is the batch mean either way."""
+        """One micro-batch (``draw_indices``) as groups of one image size (and, on a flow model, one cond shape)
+        each; the loss is the batch mean either way."""
         indices = self.draw_indices()
-        groups: dict[tuple[int, ...], list[int]] = {}
+        groups: dict[tuple, list[int]] = {}
         for i in indices:
-            groups.setdefault(tuple(self.dataset.latents[i].shape), []).append(i)
+            groups.setdefault(self.group_key(i), []).append(i)
         device = self.model.patcher.load_device
         return [
             DistillBatch(

@@ -17,11 +17,12 @@ import comfy.lora
 import comfy.lora_convert
 import comfy.weight_adapter
 import torch
+from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 from comfy.weight_adapter import LoRAAdapter
 from comfy.weight_adapter.lora import LoraDiff
 from torch import Tensor
 
-from .distill_model import input_error
+from .distill_model import FLOW_FAMILIES, input_error
 
 
 class AdapterSwitch:
@@ -116,27 +117,65 @@ class FreshWeight:
         return 0
 
 
-def frozen_weight_layers(base_model: Any) -> list[str]:
-    """The UNet's ComfyUI ops with a 1-D weight (the norms): frozen, but on the backward path."""
+def frozen_weight_layers(base_model: Any, targets: set[str]) -> list[str]:
+    """The network's ComfyUI ops with a weight that no adapter wraps (a UNet's norms; a flow model's norms,
+    embedders and final layers too): frozen, but on the backward path."""
     return [
         name
         for name, module in base_model.named_modules()
         if name.startswith("diffusion_model.")
+        and name not in targets
         and hasattr(module, "weight_function")
         and getattr(module, "weight", None) is not None
-        and module.weight.ndim < 2
     ]
 
 
+@contextlib.contextmanager
+def normal_plain_tensors(base_model: Any) -> Iterator[None]:
+    """While training, normal copies of the network's parameters and buffers that no ComfyUI op owns and that were
+    made under ``torch.inference_mode`` (as a server loads models): Flux's RMSNorm ``scale``, MMDiT's qk-norm
+    ``weight`` and ``pos_embed``, Z-Image's pad tokens. Autograd cannot save inference tensors for the backward
+    pass, and ComfyUI's weight functions (``FreshWeight``) reach only its own ops; Train LoRA fails on these in
+    fp32 ("Inference tensors cannot be saved for backward"). The originals are put back afterwards, so the model
+    is left as it was."""
+    swapped: list[tuple[dict, str, Tensor]] = []
+    with torch.inference_mode(False):
+        for module in base_model.diffusion_model.modules():
+            if hasattr(module, "weight_function"):
+                continue  # a ComfyUI op: its weight functions see to it
+            for store in (module._parameters, module._buffers):
+                for name, tensor in list(store.items()):
+                    if tensor is None or not tensor.is_inference():
+                        continue
+                    copy = tensor.detach().clone()
+                    store[name] = torch.nn.Parameter(copy, requires_grad=False) if name in module._parameters else copy
+                    swapped.append((store, name, tensor))
+    try:
+        yield
+    finally:
+        for store, name, tensor in reversed(swapped):
+            store[name] = tensor
+
+
 def lora_targets(base_model: Any) -> list[tuple[str, torch.nn.Module]]:
-    """The layers a LoRA adapts: every ComfyUI op of the UNet with a 2-D or larger weight
-    (Linear and Conv, as Train LoRA chooses; norms and biases stay frozen)."""
+    """The layers a LoRA adapts.
+
+    A UNet (SD1.x, SD2.x, SDXL): every ComfyUI op with a 2-D or larger weight (Linear and Conv, as Train LoRA
+    chooses; norms and biases stay frozen). A flow model: the Linear layers of its family's transformer blocks
+    (``FLOW_FAMILIES[...].lora_blocks``: Flux's double / single blocks, MMDiT's joint blocks, ...), what its
+    community LoRAs train, so that the file has the layers LoRA loaders and users expect of the family.
+    """
+    family = FLOW_FAMILIES.get(type(base_model.model_config).__name__)
+    if family is None or isinstance(getattr(base_model, "diffusion_model", None), UNetModel):
+        prefixes, linear_only = ("diffusion_model.",), False
+    else:
+        prefixes, linear_only = tuple(f"diffusion_model.{block}." for block in family.lora_blocks), True
     targets = []
     for name, module in base_model.named_modules():
-        if not name.startswith("diffusion_model.") or not hasattr(module, "weight_function"):
+        if not name.startswith(prefixes) or not hasattr(module, "weight_function"):
             continue
         weight = getattr(module, "weight", None)
-        if weight is not None and weight.ndim >= 2:
+        if weight is not None and (weight.ndim == 2 if linear_only else weight.ndim >= 2):
             targets.append((name, module))
     return targets
 
@@ -206,7 +245,8 @@ def attach_lora(
     algorithm: str = "LoRA",
     bypass: bool = False,
 ) -> LoraAdapters:
-    """Add an adapter to every target layer of ``patcher`` (a clone: the caller's model is untouched).
+    """Add an adapter to every target layer of ``patcher`` (a clone: the caller's model is untouched), and to the
+    other layers ``existing`` holds.
 
     New adapters are ComfyUI's ``create_train`` of ``algorithm`` (``new_adapter``: for LoRA up random, down
     zero); layers of ``existing`` (LoRA) continue from its weights. Initialisation draws from ``seed``
@@ -218,7 +258,12 @@ def attach_lora(
     # ComfyUI runs nodes under torch.inference_mode: parameters made there would never get gradients.
     with torch.inference_mode(False), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for name, module in lora_targets(patcher.model):
+        targets = lora_targets(patcher.model)
+        known = {name for name, _ in targets}
+        modules = dict(patcher.model.named_modules())
+        # a continued LoRA's layers outside the family's targets (e.g. a community Flux LoRA's txt_in) train on too
+        targets += [(name, modules[name]) for name in existing if name not in known and name in modules]
+        for name, module in targets:
             old = existing.get(name)
             if old is None:
                 adapter = new_adapter(algorithm, module.weight, rank)
@@ -237,7 +282,7 @@ def attach_lora(
         wrapper = FreshWeight() if bypass else SwitchedAdapter(adapter, lora.switch)
         lora.wrappers[f"{name}.weight"] = wrapper
     modules = dict(patcher.model.named_modules())
-    for name in frozen_weight_layers(patcher.model):
+    for name in frozen_weight_layers(patcher.model, set(adapters)):
         for param in ("weight", "bias"):
             if getattr(modules[name], param, None) is not None:
                 lora.wrappers[f"{name}.{param}"] = FreshWeight()

@@ -2,8 +2,8 @@
 the student with them on, the teacher with them off (the base weights exist once in memory).
 
 Shared by the TCD Distill LoRA node (``distill_run.DistillRun``) and the ``tcd-train`` command; the step of
-training is ``tcd_core.distiller.Distiller``'s, which takes ``student``, ``teacher``, ``params`` and
-``alphas_cumprod`` from here.
+training is ``tcd_core.distiller.Distiller``'s, which takes ``student``, ``teacher``, ``params`` and ``schedule``
+from here.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import torch
 from comfy.weight_adapter.lora import LoraDiff
 from torch import Tensor
 
-from ..tcd_core.distill import ModelFn
-from .distill_model import ModelFacts, unet_fn
-from .lora_adapters import attach_lora, detach_lora, install_lora
-from .model_loading import gradient_checkpointing, release_model, training_flags, unload_clones
+from ..tcd_core.distill import ModelFn, NoiseSchedule
+from .distill_model import ModelFacts, flow_fn, unet_fn
+from .lora_adapters import attach_lora, detach_lora, install_lora, normal_plain_tensors
+from .model_loading import gradient_checkpointing, norm_inputs_copied, release_model, training_flags, unload_clones
 
 
 def native_compute_dtype(patcher: Any) -> torch.dtype:
@@ -71,22 +71,34 @@ class LoraStudent:
         self.compute_dtype = compute_dtype
         self.lora = attach_lora(self.patcher, rank, lora_dtype, seed, existing, algorithm=algorithm, bypass=bypass)
         self.params: list[Tensor] = self.lora.parameters()
-        self.alphas_cumprod = facts.alphas_cumprod.to(self.patcher.load_device)
-        self.student: ModelFn = unet_fn(self.patcher, compute_dtype)
+        if facts.flow:
+            self.schedule: NoiseSchedule | Tensor = facts.schedule
+            self.student: ModelFn = flow_fn(self.patcher, compute_dtype)
+        else:  # a VP UNet: its alphas_cumprod on the device, the schedule as the node has always passed it
+            self.schedule = facts.alphas_cumprod.to(self.patcher.load_device)
+            self.student = unet_fn(self.patcher, compute_dtype)
         self._stack = contextlib.ExitStack()
         self._loaded = False
 
-    def teacher(self, x_t: Tensor, t: Tensor, conds: dict) -> Tensor:
-        """The base model: the same UNet with every adapter switched off."""
+    @property
+    def alphas_cumprod(self) -> Tensor:
+        """A VP UNet's schedule table on the load device (the engine's ``schedule`` for it)."""
+        return self.schedule
+
+    def teacher(self, x_t: Tensor, t: Tensor, conds: dict, **inputs: Any) -> Tensor:
+        """The base model: the same network with every adapter switched off (``inputs``: e.g. ``guidance``)."""
         with self.lora.switch.off():
-            return self.student(x_t, t, conds)
+            return self.student(x_t, t, conds, **inputs)
 
     def __enter__(self) -> LoraStudent:
         self._stack.callback(self._cleanup)
         self._stack.enter_context(torch.inference_mode(False))
+        flow = self.facts.flow
         self._stack.enter_context(
-            gradient_checkpointing(self.patcher, self.checkpointing, self.checkpoint_depth, self.offloading)
+            gradient_checkpointing(self.patcher, self.checkpointing, self.checkpoint_depth, self.offloading, flow)
         )
+        if flow:
+            self._stack.enter_context(norm_inputs_copied(self.patcher.model.diffusion_model))
         self._stack.enter_context(training_flags(self.quantized_backward))
         self.patcher.model.requires_grad_(False)
         unload_clones(self.patcher)
@@ -94,6 +106,7 @@ class LoraStudent:
             [self.patcher], memory_required=1e20, force_full_load=not self.offloading
         )
         self._loaded = True
+        self._stack.enter_context(normal_plain_tensors(self.patcher.model))
         install_lora(self.lora)
         self._stack.callback(self.lora.switch.eject)  # bypass hooks out before checkpointing is undone
         return self

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import comfy.model_management
+import torch
 
 
 def unload_clones(patcher: Any) -> None:
@@ -39,17 +40,42 @@ def checkpointed_modules(diffusion_model: Any, depth: int) -> list[Any]:
     return nodes_train.find_modules_at_depth(diffusion_model, depth=depth + 1)
 
 
+def _cloned(value: Any) -> Any:
+    return value.clone() if isinstance(value, torch.Tensor) else value
+
+
+def _cloning_forward(forward: Any) -> Any:
+    """``forward`` on copies of its tensor arguments, so that what it does to them in place stays inside it."""
+
+    def cloning(*args: Any, **kwargs: Any) -> Any:
+        return forward(*map(_cloned, args), **{name: _cloned(value) for name, value in kwargs.items()})
+
+    return cloning
+
+
 @contextlib.contextmanager
-def gradient_checkpointing(patcher: Any, enabled: bool, depth: int = 1, offloading: bool = False) -> Iterator[None]:
+def gradient_checkpointing(
+    patcher: Any, enabled: bool, depth: int = 1, offloading: bool = False, clone_inputs: bool = False
+) -> Iterator[None]:
     """ComfyUI's Train LoRA checkpointing (its own patch / unpatch, with its offloading variant where asked)
-    of the modules at ``depth``, undone after."""
+    of the modules at ``depth``, undone after.
+
+    ``clone_inputs`` (flow models): each checkpointed module first copies its tensor inputs, inside the checkpointed
+    region. Flux's blocks add to their inputs in place (``img += ...``), so the recomputation in the backward pass
+    would otherwise run on the block's output instead of its input (torch's checkpoint refuses it: "Recomputed
+    values ... have different metadata").
+    """
     if not enabled:
         yield
         return
     from comfy_extras import nodes_train
 
     diffusion_model = patcher.model.diffusion_model
+    wrapped = []
     for module in checkpointed_modules(diffusion_model, depth):
+        if clone_inputs and "forward" not in vars(module):
+            module.forward = _cloning_forward(module.forward)
+            wrapped.append(module)
         if offloading:
             _patch_offloading(module)
         else:
@@ -59,6 +85,35 @@ def gradient_checkpointing(patcher: Any, enabled: bool, depth: int = 1, offloadi
     finally:
         for module in diffusion_model.modules():
             nodes_train.unpatch(module)
+        for module in wrapped:
+            del module.forward
+
+
+@contextlib.contextmanager
+def norm_inputs_copied(diffusion_model: Any) -> Iterator[None]:
+    """While training a flow model: every norm layer normalises a copy of its input when gradients flow.
+
+    Flux's blocks normalise the residual stream and then add to it in place (``x += ...``); the norm keeps its input
+    for the backward pass, which the in-place add invalidates ("one of the variables needed for gradient computation
+    has been modified by an inplace operation", in fp32 and in bf16 on the CPU). A copy costs one activation per
+    norm call; the forward's values are unchanged. The hooks come off afterwards.
+    """
+
+    def copy_inputs(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        if not torch.is_grad_enabled():
+            return None
+        return tuple(map(_cloned, args)), kwargs
+
+    handles = [
+        module.register_forward_pre_hook(copy_inputs, with_kwargs=True)
+        for module in diffusion_model.modules()
+        if "norm" in type(module).__name__.lower() and not any(True for _ in module.children())
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _patch_offloading(module: Any) -> None:

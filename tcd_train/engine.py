@@ -21,12 +21,14 @@ import comfy.model_detection
 import comfy.sample
 import comfy.samplers
 import comfy.sd
+import comfy.utils
 import torch
 from torch import Tensor
 
 from ..tcd_comfy import sampling
 from ..tcd_comfy.distill_data import batch_conds, encode_conds
-from ..tcd_comfy.distill_model import model_facts
+from ..tcd_comfy.distill_model import FLOW_FAMILIES, model_facts
+from ..tcd_comfy.guidance_inputs import EmbeddedGuidanceInputs
 from ..tcd_comfy.lora_student import LoraStudent
 from ..tcd_core.distill import DistillConfig, TrainingPoints, draw_training_points
 from ..tcd_core.distiller import DistillBatch, Distiller, TrainSettings
@@ -34,24 +36,48 @@ from ..tcd_core.errors import TCDInputError
 from .data import Sample, prepare_image, sample_generator
 from .options import Resolution, TrainerError, trainer_error
 
-# ComfyUI model configs (comfy.supported_models) the trainer distils: discrete-time VP UNets, eps or v.
-SUPPORTED_FAMILIES = ("SD15", "SD20", "SDXL", "SSD1B", "Segmind_Vega", "KOALA_700M", "KOALA_1B")
-VAE_DOWNSCALE = 8  # SD / SDXL VAE: 8 pixels per latent cell
+# ComfyUI model configs (comfy.supported_models) the trainer distils: discrete-time VP UNets, eps or v, and the
+# node's flow image families (tcd_comfy.distill_model.FLOW_FAMILIES; its data are images, so no video model).
+VP_FAMILIES = ("SD15", "SD20", "SDXL", "SSD1B", "Segmind_Vega", "KOALA_700M", "KOALA_1B")
+IMAGE_FLOW_FAMILIES = tuple(name for name, family in FLOW_FAMILIES.items() if not family.video)
+SUPPORTED_FAMILIES = (*VP_FAMILIES, *IMAGE_FLOW_FAMILIES)
+# The text encoders' type for ComfyUI's load_clip (CLIPLoader's / DualCLIPLoader's `type`) per flow family.
+CLIP_TYPES = {"SD3": "SD3", "Flux": "FLUX", "FluxSchnell": "FLUX", "QwenImage": "QWEN_IMAGE", "ZImage": "LUMINA2"}
+TEXT_ENCODERS = {
+    "SD3": "CLIP-L, CLIP-G and / or T5-XXL",
+    "Flux": "CLIP-L and T5-XXL",
+    "FluxSchnell": "CLIP-L and T5-XXL",
+    "QwenImage": "Qwen2.5-VL 7B",
+    "ZImage": "Qwen3 4B",
+}
+WEIGHT_DTYPES = {"default": None, "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+VAE_DOWNSCALE = 8  # SD / SDXL / SD3 / Flux VAEs: 8 pixels per latent cell
 COMPUTE_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+TEXT_ENCODER_PREFIXES = ("cond_stage_model.", "conditioner.", "text_encoders.")
+VAE_PREFIXES = ("first_stage_model.", "vae.")
 
 
 @dataclass(frozen=True)
 class Family:
     name: str  # the ComfyUI model config's class name
     pixel_multiple: int  # sides must be multiples of this many pixels
+    diffusion_model_only: bool = False  # a models/diffusion_models file: no text encoder, no VAE
+    has_text_encoder: bool = True
+    has_vae: bool = True
+
+    @property
+    def flow(self) -> bool:
+        return self.name in IMAGE_FLOW_FAMILIES
 
 
 def detect_family(path: str) -> Family:
-    """The model family from the checkpoint's header alone (ComfyUI's detection on shapes): nothing loaded."""
+    """The model family from the file's header alone (ComfyUI's detection on shapes): nothing loaded. A single-file
+    checkpoint (``model.diffusion_model.`` and the text encoder / VAE beside it) or a diffusion-model file, as
+    ComfyUI's Load Diffusion Model reads it."""
     from safetensors import safe_open
 
     if not str(path).endswith(".safetensors"):
-        raise TrainerError(f"--pretrained_model {path}: give a single-file .safetensors checkpoint")
+        raise TrainerError(f"--pretrained_model {path}: give a .safetensors file")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = f.metadata()
@@ -61,15 +87,54 @@ def detect_family(path: str) -> Family:
     meta = {key: torch.empty(shape, dtype=torch.float16, device="meta") for key, shape in shapes.items()}
     prefix = comfy.model_detection.unet_prefix_from_state_dict(meta)
     config = comfy.model_detection.model_config_from_unet(meta, prefix, metadata=metadata)
+    diffusion_model_only = config is None or not any(key.startswith(prefix) for key in meta)
+    if config is None:  # a diffusion-model file: the network's keys without a prefix (Load Diffusion Model's case)
+        config = comfy.model_detection.model_config_from_unet(meta, "", metadata=metadata)
     name = type(config).__name__ if config is not None else None
     if name not in SUPPORTED_FAMILIES:
         found = name or "no model ComfyUI recognises"
+        labels = ", ".join(FLOW_FAMILIES[family].label for family in IMAGE_FLOW_FAMILIES)
         raise TrainerError(
             f"--pretrained_model {path}: {found}; the trainer distils SD1.x, SD2.x (eps or v) and SDXL checkpoints "
-            f"({', '.join(SUPPORTED_FAMILIES)})"
+            f"({', '.join(VP_FAMILIES)}) and the flow image models {labels} ({', '.join(IMAGE_FLOW_FAMILIES)}); "
+            "video models only with the TCD Distill LoRA node"
         )
-    levels = len(config.unet_config.get("channel_mult", [1, 2, 4, 4]))
-    return Family(name, VAE_DOWNSCALE * 2 ** (levels - 1))
+    if name in FLOW_FAMILIES:
+        patch = config.unet_config.get("patch_size", 2)
+        multiple = VAE_DOWNSCALE * (int(patch[-1]) if isinstance(patch, (list, tuple)) else int(patch))
+    else:
+        multiple = VAE_DOWNSCALE * 2 ** (len(config.unet_config.get("channel_mult", [1, 2, 4, 4])) - 1)
+    text = any(key.startswith(TEXT_ENCODER_PREFIXES) for key in meta)
+    vae = any(key.startswith(VAE_PREFIXES) for key in meta)
+    return Family(
+        name, multiple, diffusion_model_only, text and not diffusion_model_only, vae and not diffusion_model_only
+    )
+
+
+def check_family_files(args: Any, family: Family) -> None:
+    """What the teacher needs beside its file: a diffusion-model file takes its text encoders and VAE as options;
+    the fp8 weight option is for flow models' diffusion-model files (Load Diffusion Model's)."""
+    if family.diffusion_model_only and not family.flow:
+        raise TrainerError(
+            f"--pretrained_model {args.pretrained_model}: a diffusion-model file of {family.name}; the trainer takes "
+            "SD1.x, SD2.x and SDXL as single-file checkpoints (models/checkpoints), with their text encoder and VAE"
+        )
+    if not family.has_text_encoder and not args.text_encoder:
+        wanted = TEXT_ENCODERS.get(family.name, "its CLIP text encoder")
+        raise TrainerError(
+            f"--text_encoder: {args.pretrained_model} holds no text encoder (a diffusion-model file, as in "
+            f"models/diffusion_models): give this {family.name} model's ({wanted}) with --text_encoder FILE, once "
+            "per file"
+        )
+    if not family.has_vae and not args.vae:
+        raise TrainerError(f"--vae: {args.pretrained_model} holds no VAE: give this {family.name} model's with --vae")
+    if args.text_encoder and not family.flow:
+        raise TrainerError(
+            f"--text_encoder: the trainer loads a {family.name} checkpoint's own text encoders; separate ones are for "
+            "the flow models' diffusion-model files"
+        )
+    if args.weight_dtype != "default" and not family.flow:
+        raise TrainerError(f"--weight_dtype {args.weight_dtype}: fp8 loading is for flow models, not {family.name}")
 
 
 def check_resolution(resolution: Resolution, family: Family) -> None:
@@ -78,7 +143,7 @@ def check_resolution(resolution: Resolution, family: Family) -> None:
             m = family.pixel_multiple
             raise TrainerError(
                 f"--resolution {resolution.width}x{resolution.height}: this {family.name} model takes sides that are "
-                f"multiples of {m} pixels ({VAE_DOWNSCALE} per latent x {m // VAE_DOWNSCALE} UNet downscale); "
+                f"multiples of {m} pixels ({VAE_DOWNSCALE} per latent x {m // VAE_DOWNSCALE} network downscale); "
                 f"e.g. {max(m, side // m * m)}"
             )
 
@@ -93,21 +158,59 @@ def load_checkpoint(path: str, weight_dtype: torch.dtype) -> tuple[Any, Any, Any
     return patcher, clip, vae
 
 
+def load_teacher(args: Any, family: Family, compute_dtype: torch.dtype) -> tuple[Any, Any, Any]:
+    """(ModelPatcher, CLIP, VAE) as ComfyUI's loaders make them: a VP checkpoint as before (weights in the compute
+    dtype); a flow model from its single-file checkpoint (``load_checkpoint_guess_config``) or its diffusion-model
+    file (``load_diffusion_model``, Load Diffusion Model's loader, with ``--weight_dtype``), its text encoders from
+    ``--text_encoder`` files (``load_clip`` with the family's type, (Dual)CLIPLoader's) and its VAE from ``--vae``
+    (``comfy.sd.VAE``, VAE Loader's), each replacing the checkpoint's own."""
+    if not family.flow:
+        return load_checkpoint(args.pretrained_model, compute_dtype)
+    options: dict[str, Any] = {}
+    if WEIGHT_DTYPES[args.weight_dtype] is not None:
+        options["dtype"] = WEIGHT_DTYPES[args.weight_dtype]
+    clip = vae = None
+    if family.diffusion_model_only:
+        patcher = comfy.sd.load_diffusion_model(str(args.pretrained_model), model_options=options)
+    else:
+        patcher, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
+            str(args.pretrained_model), output_vae=not args.vae, output_clip=not args.text_encoder,
+            model_options=options,
+        )  # fmt: skip
+    if args.text_encoder:
+        clip_type = getattr(comfy.sd.CLIPType, CLIP_TYPES[family.name])
+        clip = comfy.sd.load_clip(ckpt_paths=list(args.text_encoder), clip_type=clip_type)
+    if args.vae:
+        vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(args.vae)))
+    if clip is None or vae is None:
+        missing = "--text_encoder" if clip is None else "--vae"
+        raise TrainerError(f"{missing}: {args.pretrained_model} gave no {'text encoder' if clip is None else 'VAE'}")
+    return patcher, clip, vae
+
+
 def open_student(
-    patcher: Any, config: DistillConfig, settings: TrainSettings, compute_dtype: torch.dtype
+    patcher: Any,
+    config: DistillConfig,
+    settings: TrainSettings,
+    compute_dtype: torch.dtype,
+    embedded_guidance: tuple[float, float] = (0.0, 0.0),
 ) -> tuple[LoraStudent, DistillConfig]:
     """The node's LoraStudent on a clone of ``patcher`` (LoRA attached, teacher = adapters off) in the trainer's
     compute dtype (the node offers bf16 / fp32; accelerate users also train in fp16), fp32 LoRA weights; and
-    ``config`` with the model's prediction type."""
+    ``config`` with the model's facts (prediction type; a flow model's schedule length and embedded guidance input)
+    and the embedded guidance range (``--embedded_guidance_min`` / ``_max``; 0, 0: Flux's 3.5)."""
     try:
         facts = model_facts(patcher)
+        low, high = embedded_guidance
+        guidance = EmbeddedGuidanceInputs(low, high).config_fields(facts, positive=())
+        config = dataclasses.replace(config, **facts.config_fields(), **guidance)
     except TCDInputError as error:
         raise trainer_error(error) from None
     student = LoraStudent(
         patcher, facts, rank=settings.rank, seed=settings.seed, compute_dtype=compute_dtype,
         lora_dtype=torch.float32, checkpointing=settings.gradient_checkpointing,
     )  # fmt: skip
-    return student, dataclasses.replace(config, prediction_type=facts.prediction_type)
+    return student, config
 
 
 class DistillModule(torch.nn.Module):
@@ -221,7 +324,8 @@ def validation_images(student: LoraStudent, vae: Any, text: TextEncoder, prompts
     sigmas = sampling.tcd_sigmas(patcher.get_model_object("model_sampling"), steps)
     sampler = comfy.samplers.KSAMPLER(sampling.ksampler_tcd_sampler, extra_options={"gamma": gamma})
     channels = student.facts.latent_channels
-    latent = torch.zeros(1, channels, resolution.height // VAE_DOWNSCALE, resolution.width // VAE_DOWNSCALE)
+    frames = (1,) if student.facts.latent_dims == 3 else ()  # Qwen-Image: one frame of [B, C, T, H, W]
+    latent = torch.zeros(1, channels, *frames, resolution.height // VAE_DOWNSCALE, resolution.width // VAE_DOWNSCALE)
     images = []
     with torch.no_grad():
         for i, prompt in enumerate(prompts):

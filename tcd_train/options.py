@@ -21,6 +21,7 @@ from ..tcd_core.errors import TCDInputError
 from ..tcd_core.settings import settings_of
 
 INPUT_OPTIONS = {"model": "--pretrained_model", "latents": "--train_data_dir"}
+WEIGHT_DTYPE_CHOICES = ("default", "fp8_e4m3fn", "fp8_e5m2")  # Load Diffusion Model's weight_dtype (fp8 ones)
 """The option that gives what a ComfyUI-side input of the node names (``TCDInputError.field``)."""
 
 
@@ -85,13 +86,48 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tcd-train",
         formatter_class=DefaultsHelpFormatter,
-        description="Distil a TCD (or LCM) LoRA from a single-file SD1.5 / SD2.1 / SDXL checkpoint, on one or "
-        "many GPUs (tcd-train ..., accelerate launch -m comfyui_tcd_sampling.tcd_train ..., torchrun -m "
-        "comfyui_tcd_sampling.tcd_train ...).",
+        description="Distil a TCD (or LCM) LoRA from a single-file SD1.5 / SD2.1 / SDXL / SD3.5 checkpoint, or a "
+        "flow model's diffusion-model file (SD3 / SD3.5, Flux.1, Qwen-Image, Z-Image) with its text encoders and "
+        "VAE, on one or many GPUs (tcd-train ..., accelerate launch -m comfyui_tcd_sampling.tcd_train ..., "
+        "torchrun -m comfyui_tcd_sampling.tcd_train ...).",
     )
     g = p.add_argument_group("model")
     g.add_argument("--comfyui", default=None, help="ComfyUI checkout to load models with (default $COMFYUI_PATH)")
-    g.add_argument("--pretrained_model", required=True, help="teacher checkpoint, one .safetensors file")
+    g.add_argument(
+        "--pretrained_model",
+        required=True,
+        help="the teacher, one .safetensors file: a single-file checkpoint (models/checkpoints: SD1.x, SD2.x, SDXL, "
+        "SD3.5) or a diffusion-model file (models/diffusion_models, as Load Diffusion Model takes it: SD3 / SD3.5, "
+        "Flux.1-dev / schnell, Qwen-Image, Z-Image) with --text_encoder and --vae",
+    )
+    g.add_argument(
+        "--text_encoder",
+        action="append",
+        default=None,
+        metavar="FILE",
+        help="a text encoder file (models/text_encoders), repeated for each, as (Dual)CLIPLoader takes them: CLIP-L "
+        "and T5-XXL for Flux.1 and SD3 (and CLIP-G for SD3), Qwen2.5-VL 7B for Qwen-Image, Qwen3 4B for Z-Image; "
+        "replaces a checkpoint's own",
+    )
+    g.add_argument("--vae", default=None, metavar="FILE", help="a VAE file (models/vae); replaces a checkpoint's own")
+    g.add_argument(
+        "--weight_dtype",
+        choices=WEIGHT_DTYPE_CHOICES,
+        default="default",
+        help="the diffusion model's weights as Load Diffusion Model's weight_dtype: default (as stored; an fp8 file "
+        "stays fp8), or fp8_e4m3fn / fp8_e5m2 (cast on load); fp8 weights are computed in --mixed_precision's dtype "
+        "and never changed, the LoRA trains in fp32",
+    )
+    g.add_argument(
+        "--embedded_guidance_min",
+        type=float,
+        default=0.0,
+        help="Flux.1-dev only: the lowest embedded guidance g (FluxGuidance's value) given to teacher, target and "
+        "student, drawn per sample up to --embedded_guidance_max; 0, 0: 3.5, Flux's default",
+    )
+    g.add_argument(
+        "--embedded_guidance_max", type=float, default=0.0, help="Flux.1-dev only: the highest embedded guidance g"
+    )
     g.add_argument("--negative_prompt", default="", help="the guided teacher's unconditional prompt (default: empty)")
     g = p.add_argument_group("data (one of --train_data_dir / --train_shards_path_or_url)")
     g.add_argument("--train_data_dir", default=None, help="image folder with <name>.txt captions beside images")
@@ -182,6 +218,19 @@ def check_options(args: argparse.Namespace) -> tuple[DistillConfig, TrainSetting
     distillation settings (the prediction type comes from the model, once it is loaded)."""
     if not os.path.isfile(args.pretrained_model):
         raise TrainerError(f"--pretrained_model {args.pretrained_model}: no such file")
+    for path in [*(args.text_encoder or []), *([args.vae] if args.vae else [])]:
+        if not os.path.isfile(path):
+            option = "--vae" if path == args.vae else "--text_encoder"
+            raise TrainerError(f"{option} {path}: no such file")
+    for name in ("embedded_guidance_min", "embedded_guidance_max"):
+        value = getattr(args, name)
+        if not math.isfinite(value) or not 0.0 <= value <= 100.0:
+            raise TrainerError(f"--{name} {value}: must be a number in [0.0, 100.0]")
+    if args.embedded_guidance_min > args.embedded_guidance_max:
+        raise TrainerError(
+            f"--embedded_guidance_min {args.embedded_guidance_min}: must be <= --embedded_guidance_max "
+            f"({args.embedded_guidance_max})"
+        )
     config = settings_from(args, DistillConfig)
     settings = settings_from(args, TrainSettings, training_dtype="fp32", lora_dtype="fp32")
     sources = [x for x in (args.train_data_dir, args.train_shards_path_or_url) if x]

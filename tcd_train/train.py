@@ -262,13 +262,15 @@ def train(args: argparse.Namespace, draws: Any = None) -> dict:
     from . import engine  # imports ComfyUI: after the device choice
 
     family = engine.detect_family(args.pretrained_model)
+    engine.check_family_files(args, family)
     engine.check_resolution(resolution, family)
     if accelerator.is_main_process:
         startup.print_startup(startup.run_facts(accelerator, args, settings, config, family, source))
     compute_dtype = engine.COMPUTE_DTYPES[accelerator.mixed_precision]
-    patcher, clip, vae = engine.load_checkpoint(args.pretrained_model, compute_dtype)
+    patcher, clip, vae = engine.load_teacher(args, family, compute_dtype)
     with torch.inference_mode(False):
-        student, config = engine.open_student(patcher, config, settings, compute_dtype)
+        guidance = (args.embedded_guidance_min, args.embedded_guidance_max)
+        student, config = engine.open_student(patcher, config, settings, compute_dtype, guidance)
     is_main = accelerator.is_main_process
     os.makedirs(args.output_dir, exist_ok=True)
     if is_main:
@@ -296,7 +298,7 @@ def train(args: argparse.Namespace, draws: Any = None) -> dict:
 
         accumulation = settings.grad_accumulation_steps
         optimizer = make_optimizer(args, settings, student.params)
-        distiller = Distiller(config, student.alphas_cumprod, student.student, student.teacher, student.params,
+        distiller = Distiller(config, student.schedule, student.student, student.teacher, student.params,
                               optimizer, accumulation=accumulation)  # fmt: skip
         module = engine.DistillModule(student, distiller)
         schedule = engine.lr_lambda(args.lr_scheduler, args.lr_warmup_steps, settings.steps)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from devkit.fixtures import TEST_PACKS
 from devkit.host import ComfyServer, comfyui_version, defined_hosts, extra_host
 from devkit.model_files import default_models_dir, ensure_test_models
 
@@ -45,8 +46,11 @@ def tiny_checkpoint(test_models: dict[str, Path]) -> str:
 
 @pytest.fixture(scope="session")
 def comfy_server(test_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
-    """One ComfyUI server for the whole session, with this pack loaded and the test models mapped in."""
-    server = ComfyServer(models_dir=default_models_dir(), work_dir=tmp_path_factory.mktemp("comfy-host"))
+    """One ComfyUI server for the whole session, with this pack (and the test-only devkit.fixtures.TEST_PACKS)
+    loaded and the test models mapped in."""
+    server = ComfyServer(
+        models_dir=default_models_dir(), work_dir=tmp_path_factory.mktemp("comfy-host"), extra_packs=TEST_PACKS
+    )
     server.start()
     try:
         yield server
@@ -82,7 +86,10 @@ def host_server(
         return
     host = extra_host(request.param)
     server = ComfyServer(
-        models_dir=default_models_dir(), work_dir=tmp_path_factory.mktemp(f"comfy-host-{host.version}"), comfy_host=host
+        models_dir=default_models_dir(),
+        work_dir=tmp_path_factory.mktemp(f"comfy-host-{host.version}"),
+        comfy_host=host,
+        extra_packs=TEST_PACKS,
     )
     server.start()
     try:

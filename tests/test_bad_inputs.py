@@ -194,6 +194,17 @@ def empty_dataset(graph: Graph, server: ComfyServer) -> None:
     distill_lora({"dataset": dataset}, {"latents": ["dataset", 0]})(graph, server)
 
 
+def tiny_flow_model(family: str) -> dict[str, dict]:
+    """A tiny random-weight ``family`` model (the test-only TCDTestTinyFlowModel node, ComfyUI's own classes)."""
+    inputs = {"family": family, "seed": 0, "weight_dtype": "fp32"}
+    return {"flow_model": {"class_type": "TCDTestTinyFlowModel", "inputs": inputs}}
+
+
+def flow_latents(shape: str = "sd3") -> dict[str, dict]:
+    """Two 16-channel 64x64 latents (EmptySD3LatentImage), as a flow model's VAE gives them."""
+    return {shape: {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}}}
+
+
 # --- the table -----------------------------------------------------------------------------------------
 
 
@@ -528,16 +539,18 @@ BAD_INPUTS: tuple[BadInput, ...] = (
     ),
     BadInput(
         "distill-flow-model",
-        "TCD Distill LoRA `model`: a flow model (the checkpoint through ModelSamplingSD3)",
+        "TCD Distill LoRA `model`: an SD1.5 checkpoint sampled as a flow model (through ModelSamplingSD3)",
         distill_lora(
             {"flow": {"class_type": "ModelSamplingSD3", "inputs": {"model": ["ckpt", 0], "shift": 3.0}}},
             {"model": ["flow", 0]},
         ),
         "distill",
-        ("TCD Distill LoRA model: this model samples as a flow model", "flow and EDM models are not supported"),
+        ("TCD Distill LoRA model: this model samples as a flow model", "remove the ModelSampling node that changed it"),
         "Error in TCD Distill LoRA: `TCD Distill LoRA model: this model samples as a flow model "
-        "(ModelSamplingDiscreteFlow, CONST); distillation needs a discrete 1000-step VP schedule with eps or v "
-        "prediction (SD1.x, SD2.x, SDXL): flow and EDM models are not supported` (before any training)",
+        "(ModelSamplingDiscreteFlow, CONST); its UNet distils on the discrete 1000-step VP schedule it was trained on, "
+        "with eps or v prediction (SD1.x, SD2.x, SDXL): remove the ModelSampling node that changed it (flow "
+        "distillation takes the flow families: SD3 / SD3.5, Flux.1-dev, Flux.1-schnell, Qwen-Image, Z-Image, Wan 2.2 "
+        "TI2V 5B)` (before any training)",
     ),
     BadInput(
         "distill-x0-prediction",
@@ -555,6 +568,49 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         ("TCD Distill LoRA model: prediction type x0 is not supported", "eps- or v-prediction models"),
         "Error in TCD Distill LoRA: `TCD Distill LoRA model: prediction type x0 is not supported: distillation "
         "takes eps- or v-prediction models` (before any training)",
+    ),
+    BadInput(
+        "distill-unsupported-family",
+        "TCD Distill LoRA `model`: a model of a family the node does not distil (Lumina Image 2.0)",
+        distill_lora(
+            {**tiny_flow_model("Lumina2"), **flow_latents()}, {"model": ["flow_model", 0], "latents": ["sd3", 0]}
+        ),
+        "distill",
+        (
+            "TCD Distill LoRA model: this model is Lumina2 (ComfyUI's Lumina2 class), a family the node does not",
+            "Flux.1-dev, Flux.1-schnell, Qwen-Image, Z-Image, Wan 2.2 TI2V 5B",
+        ),
+        "Error in TCD Distill LoRA: `TCD Distill LoRA model: this model is Lumina2 (ComfyUI's Lumina2 class), a family "
+        "the node does not distil; it distils SD1.x, SD2.x and SDXL (eps or v) and the flow models SD3 / SD3.5, "
+        "Flux.1-dev, Flux.1-schnell, Qwen-Image, Z-Image, Wan 2.2 TI2V 5B` (before any training)",
+    ),
+    BadInput(
+        "distill-embedded-guidance-without-input",
+        "TCD Distill LoRA `embedded_guidance_min` / `_max` 3.5 for an SD3.5 model (no embedded guidance input)",
+        distill_lora(
+            {**tiny_flow_model("SD3"), **flow_latents()},
+            {"model": ["flow_model", 0], "latents": ["sd3", 0]},
+            embedded_guidance_min=3.5,
+            embedded_guidance_max=3.5,
+        ),
+        "distill",
+        (
+            "TCD Distill LoRA embedded_guidance_min: this SD3 / SD3.5 model has no embedded guidance input",
+            "leave embedded_guidance_min and embedded_guidance_max at 0",
+        ),
+        "Error in TCD Distill LoRA: `TCD Distill LoRA embedded_guidance_min: this SD3 / SD3.5 model has no embedded "
+        "guidance input (Flux.1-dev has one): leave embedded_guidance_min and embedded_guidance_max at 0; its teacher "
+        "is guided by true CFG with the negative prompt (guidance_min, guidance_max)` (before any training)",
+    ),
+    BadInput(
+        "distill-flow-latent-channels",
+        "TCD Distill LoRA `latents`: 4-channel SD1.5 latents (EmptyLatentImage) for a Flux.1-dev model",
+        distill_lora(tiny_flow_model("Flux"), {"model": ["flow_model", 0]}),
+        "distill",
+        ("TCD Distill LoRA latents: latent 0 has shape (1, 4, 8, 8), but this Flux.1-dev model takes 16-channel",),
+        "Error in TCD Distill LoRA: `TCD Distill LoRA latents: latent 0 has shape (1, 4, 8, 8), but this Flux.1-dev "
+        "model takes 16-channel image latents [B, 16, H, W] (encode the images with this model's VAE)` (before any "
+        "training)",
     ),
     BadInput(
         "distill-guidance-min-above-max",

@@ -1,0 +1,160 @@
+"""tcd-train on a flow model as users have one: a diffusion-model file (models/diffusion_models) with its text
+encoder and VAE as separate files, and the single-file checkpoint (SD3.5's form), both through ComfyUI's own loaders.
+
+The model is a tiny random-weight SD3.5 (MMDiT-X, depth 2: width 128) built with ComfyUI's classes by the test-only
+pack (tests/fixture_packs/tiny_flow_models) with SD3's real text widths (T5's 4096-wide features, a 2048-wide pooled
+vector), the one flow family ComfyUI's detection sees at a tiny size (Flux is detected only at width 3072, Qwen-Image
+and Z-Image at their full sizes), so the files load through ``comfy.sd.load_diffusion_model``, ``load_clip`` (type
+SD3, CLIP-L alone: its features padded to 4096) and ``VAE`` as Load Diffusion Model, CLIPLoader and VAE Loader load
+them (devkit.tiny_checkpoint.build_tiny_sd3_files). The other families' loading is the same code with their own
+text-encoder type, untested here (their files cannot be made small).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_distill_trainer import RANK, STEPS, finish, launch, one_thread, train_here, write_shards
+
+from devkit.host import dev_dir
+from devkit.inprocess import Comfy, load_comfy
+from devkit.model_files import default_models_dir
+from devkit.tiny_checkpoint import build_tiny_sd3_files
+
+# SD3's own text widths: T5-XXL's 4096 (CLIP-L / CLIP-G padded to it) and CLIP-L + CLIP-G's 2048 pooled.
+SD3_TEXT = {
+    "adm_in_channels": 2048,
+    "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 128}},
+}
+
+
+@pytest.fixture(scope="module")
+def comfy(test_models: dict) -> Comfy:
+    return load_comfy(default_models_dir())
+
+
+@pytest.fixture(scope="module")
+def files(comfy: Comfy, test_models: dict) -> dict[str, Path]:
+    model = comfy.tiny_flow_models.tiny_flow_model("SD3", seed=5, unet_overrides=SD3_TEXT)
+    state = model.model.diffusion_model.state_dict()
+    return build_tiny_sd3_files(dev_dir() / "trainer-models", state, test_models["checkpoint_sd15"])
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return write_shards(tmp_path_factory.mktemp("flow-shards"))
+
+
+def flow_args(model: Path, data: str, out: Path, *extra: str) -> list[str]:
+    """A tiny run: 2 steps of batch 2 at 64x64 (8x8 latents), rank 4, true CFG 1..3 (w, SD3.5's range)."""
+    return [
+        "--cpu", "--pretrained_model", str(model), "--train_shards_path_or_url", data, "--resolution", "64",
+        "--train_batch_size", "2", "--max_train_steps", str(STEPS), "--lr_warmup_steps", "0", "--lora_rank",
+        str(RANK), "--learning_rate", "1e-2", "--output_dir", str(out), "--report_to", "none",
+        "--checkpointing_steps", "100", "--seed", "11", "--w_min", "1", "--w_max", "3", *extra,
+    ]  # fmt: skip
+
+
+def separate(files: dict[str, Path]) -> list[str]:
+    return ["--text_encoder", str(files["clip_l"]), "--vae", str(files["vae"])]
+
+
+def test_files_are_what_comfyuis_loaders_take_as_sd3(comfy: Comfy, files: dict[str, Path]) -> None:
+    import comfy.sd
+    from comfyui_tcd_sampling.tcd_train import engine
+
+    family = engine.detect_family(str(files["diffusion_model"]))
+    assert (family.name, family.flow, family.diffusion_model_only, family.pixel_multiple) == ("SD3", True, True, 16)
+    whole = engine.detect_family(str(files["checkpoint"]))
+    assert (whole.name, whole.diffusion_model_only, whole.has_text_encoder, whole.has_vae) == ("SD3", False, True, True)
+    patcher = comfy.sd.load_diffusion_model(str(files["diffusion_model"]))
+    assert type(patcher.model.model_config).__name__ == "SD3"
+    clip = comfy.sd.load_clip([str(files["clip_l"])], clip_type=comfy.sd.CLIPType.SD3)
+    cond, pooled = clip.encode_from_tokens(clip.tokenize("a red square"), return_pooled=True)
+    assert (cond.shape[-1], pooled.shape[-1]) == (4096, 2048)
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(files["vae"])))
+    assert vae.encode(torch.zeros(1, 64, 64, 3)).shape == (1, 16, 8, 8)
+
+
+def test_a_diffusion_model_file_with_separate_text_encoder_and_vae_trains_through_tcd_train(
+    comfy: Comfy, files: dict[str, Path], shards: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The command (a fresh process) on the diffusion-model file, --text_encoder and --vae: the LoRA holds the node's
+    SD3 layers, ComfyUI's LoRA loader turns every key into a patch, and it changes the prediction."""
+    import comfy.lora
+    import comfy.sd
+    from comfyui_tcd_sampling.tcd_comfy.lora_adapters import lora_targets
+
+    out = tmp_path / "separate"
+    code, output = finish(launch(flow_args(files["diffusion_model"], shards, out, *separate(files))))
+    assert code == 0, output[-6000:]
+    lora = load_file(out / "tcd_lora.safetensors")
+    patcher = comfy.sd.load_diffusion_model(str(files["diffusion_model"]))
+    targets = {name for name, _ in lora_targets(patcher.model)}
+    assert targets and all(".joint_blocks." in name for name in targets)
+    assert set(lora) == {f"{t}.{p}" for t in targets for p in ("lora_up.weight", "lora_down.weight", "alpha")}
+    with caplog.at_level("WARNING"):
+        patches = comfy.lora.load_lora(lora, comfy.lora.model_lora_keys_unet(patcher.model, {}), log_missing=True)
+    assert "not loaded" not in caplog.text and len(patches) == len(targets)
+    x = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(2))
+    conds = {"c_crossattn": torch.randn(1, 77, 4096), "y": torch.randn(1, 2048)}
+
+    def predict(model: object) -> torch.Tensor:
+        comfy.model_management.load_models_gpu([model])
+        with torch.no_grad():
+            return model.model.apply_model(x, torch.tensor([0.7]), **conds)
+
+    before = predict(patcher)
+    patched, _ = comfy.sd.load_lora_for_models(patcher, None, lora, 1.0, 0)
+    assert not torch.equal(predict(patched), before)
+
+
+def test_the_single_file_checkpoint_trains_the_lora_of_the_separate_files(
+    files: dict[str, Path], shards: str, tmp_path: Path
+) -> None:
+    """SD3.5's single-file form (the same tensors under model.diffusion_model., text_encoders.clip_l., first_stage_
+    model.) trains the LoRA the separate files train, bit for bit; fp8 weights (--weight_dtype fp8_e4m3fn) train an
+    fp32 LoRA close to it."""
+    with one_thread():
+        split = train_here(flow_args(files["diffusion_model"], shards, tmp_path / "split", *separate(files)))
+        whole = train_here(flow_args(files["checkpoint"], shards, tmp_path / "whole"))
+        fp8 = train_here(flow_args(files["diffusion_model"], shards, tmp_path / "fp8", *separate(files),
+                                   "--weight_dtype", "fp8_e4m3fn"))  # fmt: skip
+    a, b, c = (load_file(run["lora"]) for run in (split, whole, fp8))
+    assert a.keys() == b.keys() == c.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "the checkpoint trained another LoRA"
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in c.values())
+    moved = sum(float((a[k] - c[k]).abs().max()) for k in a if k.endswith("lora_up.weight"))
+    assert moved > 0, "fp8 weights trained exactly the full-precision LoRA: were they fp8?"
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragments"),
+    [
+        ((), ("--text_encoder:", "holds no text encoder (a diffusion-model file", "CLIP-L, CLIP-G and / or T5-XXL")),
+        (("--text_encoder", "CLIP"), ("--vae:", "holds no VAE")),
+        (("--text_encoder", "CLIP", "--vae", "VAE", "--resolution", "72"),
+         ("--resolution 72x72: this SD3 model takes sides that are multiples of 16 pixels",)),
+        (("--text_encoder", "CLIP", "--vae", "VAE", "--embedded_guidance_min", "3.5", "--embedded_guidance_max", "3.5"),
+         ("--embedded_guidance_min: this SD3 / SD3.5 model has no embedded guidance input",)),
+        (("--text_encoder", "no-such.safetensors"), ("--text_encoder no-such.safetensors: no such file",)),
+        (("--embedded_guidance_min", "5", "--embedded_guidance_max", "2"),
+         ("--embedded_guidance_min 5.0: must be <= --embedded_guidance_max",)),
+    ],
+    ids=["no-text-encoder", "no-vae", "resolution", "embedded-guidance", "missing-file", "embedded-order"],
+)  # fmt: skip
+def test_bad_flow_options_are_refused_before_training(
+    files: dict[str, Path], shards: str, tmp_path: Path, extra: tuple, fragments: tuple
+) -> None:
+    from comfyui_tcd_sampling.tcd_train.options import TrainerError
+
+    named = {"CLIP": str(files["clip_l"]), "VAE": str(files["vae"])}
+    argv = flow_args(files["diffusion_model"], shards, tmp_path / "bad", *(named.get(x, x) for x in extra))
+    with pytest.raises(TrainerError) as error:
+        train_here(argv)
+    for fragment in fragments:
+        assert fragment in str(error.value)
+    assert not (tmp_path / "bad" / "tcd_lora.safetensors").exists()
