@@ -8,11 +8,12 @@ on sys.path) and the pack is loaded by ComfyUI's own custom-node loader, as in a
 from __future__ import annotations
 
 import asyncio
+import importlib
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 from devkit.comfy_import import import_comfyui
@@ -40,6 +41,15 @@ class Comfy:
     def pack(self) -> ModuleType:
         """This pack's root package, as ComfyUI imported it (its ``tcd_core``, ``tcd_comfy``, ...)."""
         return sys.modules[self.pack_nodes.__name__.rsplit(".", 1)[0]]
+
+    def pack_names(self, *modules: str) -> SimpleNamespace:
+        """The public names of the pack's ``modules`` (e.g. ``"tcd_comfy.distill_run"``) as ComfyUI loaded them,
+        as one namespace."""
+        names: dict[str, Any] = {}
+        for module in modules:
+            loaded = importlib.import_module(f"{self.pack.__name__}.{module}")
+            names.update({k: v for k, v in vars(loaded).items() if not k.startswith("_")})
+        return SimpleNamespace(**names)
 
 
 def loaded_comfy() -> Comfy | None:

@@ -14,7 +14,6 @@ Torch runs on one thread here: these are many tiny forwards, which threads only 
 
 from __future__ import annotations
 
-import importlib
 import math
 import shutil
 import uuid
@@ -56,12 +55,13 @@ def node(comfy: Comfy) -> Any:
 
 @pytest.fixture(scope="module")
 def pack(comfy: Comfy) -> SimpleNamespace:
-    names = {}
-    for module in ("tcd_comfy.distill_model", "tcd_comfy.lora_adapters", "tcd_comfy.lora_student",
-                   "tcd_comfy.host_training"):  # fmt: skip
-        loaded = importlib.import_module(f"{comfy.pack.__name__}.{module}")
-        names.update({k: v for k, v in vars(loaded).items() if not k.startswith("_")})
-    return SimpleNamespace(**names)
+    """The pack's distillation modules as ComfyUI loaded them, as one namespace."""
+    return comfy.pack_names(
+        "tcd_comfy.distill_model",
+        "tcd_comfy.lora_adapters",
+        "tcd_comfy.lora_student",
+        "tcd_comfy.host_training",
+    )
 
 
 def flow_model(family: str, seed: int = 0, **dtypes: Any) -> Any:

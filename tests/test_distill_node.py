@@ -56,13 +56,15 @@ def node(comfy: Comfy) -> Any:
 
 @pytest.fixture(scope="module")
 def training(comfy: Comfy) -> SimpleNamespace:
-    """The pack's distillation modules as ComfyUI loaded them (tcd_comfy, tcd_core), as one namespace."""
-    names = {}
-    for module in ("tcd_comfy.distill_model", "tcd_comfy.distill_data", "tcd_comfy.lora_adapters",
-                   "tcd_comfy.distill_run", "tcd_core.distill", "tcd_core.distiller"):  # fmt: skip
-        loaded = importlib.import_module(f"{comfy.pack.__name__}.{module}")
-        names.update({k: v for k, v in vars(loaded).items() if not k.startswith("_")})
-    return SimpleNamespace(**names)
+    """The pack's distillation modules as ComfyUI loaded them, as one namespace."""
+    return comfy.pack_names(
+        "tcd_comfy.distill_model",
+        "tcd_comfy.distill_data",
+        "tcd_comfy.lora_adapters",
+        "tcd_comfy.distill_run",
+        "tcd_core.distill",
+        "tcd_core.distiller",
+    )
 
 
 def host_training(training: SimpleNamespace) -> Any:

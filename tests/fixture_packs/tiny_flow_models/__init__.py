@@ -23,6 +23,25 @@ import torch
 
 TEXT_DIM = 768  # CLIP-L's hidden width and pooled width, as the test checkpoint's CLIP-L gives them
 
+# Flux.1-dev: one double-stream and two single-stream blocks, rope axes summing to width / heads.
+FLUX_DEV_CONFIG = {
+    "image_model": "flux",
+    "in_channels": 16,
+    "out_channels": 16,
+    "vec_in_dim": TEXT_DIM,
+    "context_in_dim": TEXT_DIM,
+    "hidden_size": 64,
+    "mlp_ratio": 4.0,
+    "num_heads": 2,
+    "depth": 1,
+    "depth_single_blocks": 2,
+    "axes_dim": [4, 14, 14],
+    "theta": 10000,
+    "patch_size": 2,
+    "qkv_bias": True,
+    "guidance_embed": True,
+}
+
 # {family: (comfy.supported_models class name, unet_config)}; the widths are the smallest each class accepts.
 FLOW_FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
     # SD3.5 (MMDiT-X): width 64 x depth, heads = depth, the last block's context half reduced; qk RMSNorm and the
@@ -47,47 +66,8 @@ FLOW_FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
             "pos_embed_scaling_factor": None,
         },
     ),
-    # Flux.1-dev: one double-stream and two single-stream blocks, rope axes summing to width / heads.
-    "Flux": (
-        "Flux",
-        {
-            "image_model": "flux",
-            "in_channels": 16,
-            "out_channels": 16,
-            "vec_in_dim": TEXT_DIM,
-            "context_in_dim": TEXT_DIM,
-            "hidden_size": 64,
-            "mlp_ratio": 4.0,
-            "num_heads": 2,
-            "depth": 1,
-            "depth_single_blocks": 2,
-            "axes_dim": [4, 14, 14],
-            "theta": 10000,
-            "patch_size": 2,
-            "qkv_bias": True,
-            "guidance_embed": True,
-        },
-    ),
-    "FluxSchnell": (
-        "FluxSchnell",
-        {
-            "image_model": "flux",
-            "in_channels": 16,
-            "out_channels": 16,
-            "vec_in_dim": TEXT_DIM,
-            "context_in_dim": TEXT_DIM,
-            "hidden_size": 64,
-            "mlp_ratio": 4.0,
-            "num_heads": 2,
-            "depth": 1,
-            "depth_single_blocks": 2,
-            "axes_dim": [4, 14, 14],
-            "theta": 10000,
-            "patch_size": 2,
-            "qkv_bias": True,
-            "guidance_embed": False,
-        },
-    ),
+    "Flux": ("Flux", FLUX_DEV_CONFIG),
+    "FluxSchnell": ("FluxSchnell", {**FLUX_DEV_CONFIG, "guidance_embed": False}),
     # Qwen-Image: two MMDiT blocks, head width 32 = the rope axes' sum; its latents are 5-D [B, 16, 1, H, W].
     "QwenImage": (
         "QwenImage",
