@@ -23,7 +23,7 @@ def table(rows: list[dict], teacher: str, entries: list[tuple[str, str]], steps:
     return lines
 
 
-def _sensitivity(result: dict, teacher: str, steps: list[int]) -> list[str]:
+def sensitivity(result: dict, teacher: str, steps: list[int]) -> list[str]:
     """Students at other learning rates and settings next to the default ones (FD ref; not judged)."""
     extra = [s for s in result["students"] if s["teacher"] == teacher and (s.get("lr") or s.get("overrides"))]
     if not extra:
@@ -137,7 +137,7 @@ def markdown(result: dict, command: str, plot_name: str) -> str:
         lines += ["", "### Targets", ""]
         for v in judge(rows, name, tuple(steps), ref_steps):
             lines.append(f"- ({v.target}) {v.steps} steps: **{'met' if v.passed else 'MISSED'}**: {v.detail}")
-        lines += _sensitivity(result, name, steps)
+        lines += sensitivity(result, name, steps)
     lines += [
         "",
         "Targets: " + "; ".join(f"({k}) {text}" for k, text in TARGET_TEXT.items()) + ".",

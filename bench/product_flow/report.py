@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.product.report import cell_text, table
+from bench.product.report import cell_text, sensitivity, table
 from bench.product.targets import cells
 
 from .sampling import EULER, FLOW_SAMPLERS
@@ -79,6 +79,7 @@ def markdown(result: dict, command: str, plot_name: str | None) -> str:
             lines.append(f"- ({v.target}) {v.steps} steps: **{'met' if v.passed else 'MISSED'}**: {v.detail}")
         if not verdicts:
             lines.append("- not judged: no students in this run (`--teacher-only`)")
+        lines += sensitivity(result, name, steps)
     lines += ["", "Targets: " + "; ".join(f"({k}) {text}" for k, text in TARGET_TEXT.items()) + "."]
     if plot_name:
         lines += ["", "## Loss curves", "", f"![loss curves]({plot_name})"]

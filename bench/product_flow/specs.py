@@ -13,6 +13,9 @@ FULL = Plan(
     student_batch=16,
     n_eval=400,
     n_reference=800,
+    ablations=((("steps", 1200),),),  # three times the budget (not judged): does more training close a gap?
+    ablation_teachers=("mmdit",),
+    ablation_seeds=(0, 1, 2),
 )
 QUICK = Plan(
     teachers=(FlowTeacherSpec("mmdit-quick", iterations=150),),
