@@ -19,7 +19,7 @@ FULL = Plan(
 )
 QUICK = Plan(
     teachers=(FlowTeacherSpec("mmdit-quick", iterations=150),),
-    seeds=(0,),
+    seeds=(0, 1),  # two: the per-seed loop runs twice
     student_steps=12,
     student_batch=8,
     n_eval=100,
