@@ -66,7 +66,7 @@ def plot_losses(result: dict, path: Path) -> None:
                 smooth,
                 color="C0" if student["method"] == "tcd" else "C1",
                 alpha=0.5 + 0.15 * student["seed"],
-                label=f"{student['method']} seed {student['seed']}",
+                label=f"{student.get('label', student['method'])} seed {student['seed']}",
             )
         ax.set_yscale("log")
         ax.set_title(f"teacher {name}: distillation loss (running mean)")
