@@ -1,6 +1,7 @@
 """The flow half of the product benchmark in small (``python -m bench.product_flow --quick``): a 150-iteration
-SD3-class teacher (ComfyUI's MMDiT), sampled through ComfyUI. Checks the latent mapping, that the run goes end to
-end and writes its report; the numbers of the full run are in docs/benchmarks/product_flow_results.md."""
+SD3-class teacher (ComfyUI's MMDiT), two seeds of 12-step students trained by the TCD Distill LoRA node's flow path,
+sampled through ComfyUI. Checks the latent mapping, that the run goes end to end and writes its report; the numbers
+of the full run are in docs/benchmarks/product_flow_results.md."""
 
 from __future__ import annotations
 
@@ -34,10 +35,19 @@ def test_pooled_prompts_give_sd3_conditioning() -> None:
 
 
 def test_quick_flow_benchmark_writes_its_report(tmp_path, one_torch_thread) -> None:
-    assert main(["--quick", "--teacher-only", "--out", str(tmp_path)]) == 0
+    assert main(["--quick", "--out", str(tmp_path)]) == 0
     report = (tmp_path / "product_flow_quick_results.md").read_text()
-    assert "## Teacher mmdit-quick" in report and "euler (simple)" in report
+    assert "## Teacher mmdit-quick" in report and "euler (simple)" in report and "### Targets" in report
+    assert (tmp_path / "product_flow_quick_losses.png").exists()
     result = json.loads((tmp_path / "product_flow_quick_results.json").read_text())
-    whos = {row["who"] for row in result["rows"]}
-    assert whos == {"teacher", "no-lora"}
+    assert {row["who"] for row in result["rows"]} == {"teacher", "no-lora", "tcd", "lcm"}
+    assert {(s["method"], s["seed"]) for s in result["students"]} == {(m, s) for m in ("tcd", "lcm") for s in (0, 1)}
+    assert all(len(s["loss"]) == result["plan"]["student_steps"] for s in result["students"])
     assert all(torch.isfinite(torch.tensor(row["fd_ref"])) for row in result["rows"])
+
+
+def test_teacher_only_skips_the_students(tmp_path, one_torch_thread) -> None:
+    assert main(["--quick", "--teacher-only", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "product_flow_quick_results.json").read_text())
+    assert {row["who"] for row in result["rows"]} == {"teacher", "no-lora"} and not result["students"]
+    assert "not judged: no students" in (tmp_path / "product_flow_quick_results.md").read_text()
