@@ -11,6 +11,7 @@ Each class has a fixed seeded context embedding [1, TOKENS, context_dim]; the "e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -68,6 +69,31 @@ def from_raw(samples: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True)
+class LatentCodec:
+    """How digits become one model family's latents: ``encode`` / ``decode`` between [n, 64] digits and model-space
+    latents of ``shape``, and the family's latent format (``process_latent_in``: model = (raw - shift) x scale)."""
+
+    name: str
+    shape: tuple[int, ...]  # one latent, model space
+    encode: Callable[[Tensor], Tensor]
+    decode: Callable[[Tensor], Tensor]
+    scale: float
+    shift: float = 0.0
+
+    def to_raw(self, latents: Tensor) -> Tensor:
+        """Model-space latents -> a LATENT's raw samples (what ``process_latent_in`` maps back)."""
+        return latents / self.scale + self.shift
+
+    def from_raw(self, samples: Tensor) -> Tensor:
+        """A sampler's output (``process_latent_out`` applied) -> model-space latents."""
+        return (samples - self.shift) * self.scale
+
+
+SD15_CODEC = LatentCodec("sd15-4ch", (4, 8, 8), encode, decode, SD15_SCALE)
+"""The eps benchmark's mapping (module docstring) in SD1.5's latent format."""
+
+
+@dataclass(frozen=True)
 class Prompts:
     """Fixed context embeddings: one per class and the empty negative."""
 
@@ -83,6 +109,10 @@ class Prompts:
 
     def negative(self) -> list:
         return [[self.empty.clone(), {}]]
+
+    def batch(self, labels: Tensor) -> list:
+        """One CONDITIONING with a row per label (a sampling batch)."""
+        return [[self.context(labels).clone(), {}]]
 
 
 def make_prompts(context_dim: int, seed: int = 1234) -> Prompts:

@@ -8,22 +8,22 @@ from .sampling import CONTROL_SAMPLERS, LCM_SAMPLERS, REFERENCE_SAMPLER, TCD_SAM
 from .targets import TARGET_TEXT, cells, judge, mean
 
 
-def _cell_text(cell: dict[int, dict], metric: str) -> str:
+def cell_text(cell: dict[int, dict], metric: str) -> str:
     if not cell:
         return "-"
     seeds = " / ".join(f"{row[metric]:.2f}" for _, row in sorted(cell.items()))
     return f"**{mean(cell, metric):.2f}** ({seeds})" if len(cell) > 1 else f"{mean(cell, metric):.2f}"
 
 
-def _table(rows: list[dict], teacher: str, entries: list[tuple[str, str]], steps: list[int], metric: str) -> list[str]:
+def table(rows: list[dict], teacher: str, entries: list[tuple[str, str]], steps: list[int], metric: str) -> list[str]:
     lines = ["| who | sampler | " + " | ".join(f"{s} steps" for s in steps) + " |", "|---|---|" + "---|" * len(steps)]
     for who, sampler in entries:
-        values = [_cell_text(cells(rows, teacher, who, sampler, s), metric) for s in steps]
+        values = [cell_text(cells(rows, teacher, who, sampler, s), metric) for s in steps]
         lines.append(f"| {who} | {sampler} | " + " | ".join(values) + " |")
     return lines
 
 
-def _sensitivity(result: dict, teacher: str, steps: list[int]) -> list[str]:
+def sensitivity(result: dict, teacher: str, steps: list[int]) -> list[str]:
     """Students at other learning rates and settings next to the default ones (FD ref; not judged)."""
     extra = [s for s in result["students"] if s["teacher"] == teacher and (s.get("lr") or s.get("overrides"))]
     if not extra:
@@ -42,7 +42,7 @@ def _sensitivity(result: dict, teacher: str, steps: list[int]) -> list[str]:
         "rank 64); other rows change the named widget(s) only.",
         "",
     ]
-    lines += _table(rows, teacher, list(dict.fromkeys(entries)), steps, "fd_ref")
+    lines += table(rows, teacher, list(dict.fromkeys(entries)), steps, "fd_ref")
     return lines
 
 
@@ -66,7 +66,7 @@ def plot_losses(result: dict, path: Path) -> None:
                 smooth,
                 color="C0" if student["method"] == "tcd" else "C1",
                 alpha=0.5 + 0.15 * student["seed"],
-                label=f"{student['method']} seed {student['seed']}",
+                label=f"{student.get('label', student['method'])} seed {student['seed']}",
             )
         ax.set_yscale("log")
         ax.set_title(f"teacher {name}: distillation loss (running mean)")
@@ -123,21 +123,21 @@ def markdown(result: dict, command: str, plot_name: str) -> str:
             "",
             f"## Teacher {name}",
             "",
-            f"Teacher {ref_steps}-step DDIM at CFG {result['cfg']:g} (fresh seeds): FD ref {_cell_text(ref, 'fd_ref')}"
-            f" (the sampling floor), FD held-out {_cell_text(ref, 'fd_test')}, acc {_cell_text(ref, 'acc')}.",
+            f"Teacher {ref_steps}-step DDIM at CFG {result['cfg']:g} (fresh seeds): FD ref {cell_text(ref, 'fd_ref')}"
+            f" (the sampling floor), FD held-out {cell_text(ref, 'fd_test')}, acc {cell_text(ref, 'acc')}.",
             "",
             f"### FD to the teacher's {ref_steps}-step samples",
             "",
         ]
-        lines += _table(rows, name, own + students, steps, "fd_ref")
+        lines += table(rows, name, own + students, steps, "fd_ref")
         lines += ["", "### FD to held-out data", ""]
-        lines += _table(rows, name, own + students, steps, "fd_test")
+        lines += table(rows, name, own + students, steps, "fd_test")
         lines += ["", "### Class accuracy", ""]
-        lines += _table(rows, name, own + students, steps, "acc")
+        lines += table(rows, name, own + students, steps, "acc")
         lines += ["", "### Targets", ""]
         for v in judge(rows, name, tuple(steps), ref_steps):
             lines.append(f"- ({v.target}) {v.steps} steps: **{'met' if v.passed else 'MISSED'}**: {v.detail}")
-        lines += _sensitivity(result, name, steps)
+        lines += sensitivity(result, name, steps)
     lines += [
         "",
         "Targets: " + "; ".join(f"({k}) {text}" for k, text in TARGET_TEXT.items()) + ".",

@@ -12,15 +12,7 @@ import torch
 from .data import balanced_labels, load_digits
 from .env import cache_dir, comfy, digest
 from .metrics import Scorer, train_classifier
-from .sampling import (
-    CONTROL_SAMPLERS,
-    LCM_SAMPLERS,
-    REFERENCE_SAMPLER,
-    TCD_SAMPLERS,
-    TEACHER_SAMPLERS,
-    SamplerConfig,
-    sample,
-)
+from .sampling import SamplerConfig, sample
 from .specs import GUIDANCE_W, Plan
 from .students import StudentSpec, distill, lora_update, student_model
 from .teacher import load_teacher
@@ -49,7 +41,11 @@ class ScoreCache:
 
 
 def run(plan: Plan, log: Any = print) -> dict:
-    """Every number of the report, as a JSON-able dict."""
+    """Every number of the report, as a JSON-able dict.
+
+    A teacher spec's class is its model family (bench/product's eps teachers, bench/product_flow's flow teachers):
+    it names the latents (``codec``), the samplers and the cache files' prefix. ``plan.students`` False: teachers
+    and no-LoRA rows only."""
     start = time.time()
     host = comfy()
     digits = load_digits()
@@ -59,9 +55,10 @@ def run(plan: Plan, log: Any = print) -> dict:
     out: dict = {"plan": asdict(plan), "guidance_w": GUIDANCE_W, "cfg": cfg, "teachers": [], "rows": [], "students": []}
     for spec in plan.teachers:
         teacher, prompts, tinfo = load_teacher(spec, log)
+        family, codec, prefix = spec.samplers, spec.codec, spec.file_prefix
         out["teachers"].append({"name": spec.name, "describe": spec.describe(), "key": spec.key(), **tinfo})
         ref_key = [spec.key(), plan.reference_steps, plan.n_reference, cfg, REFERENCE_SEED]
-        ref_path = cache_dir() / f"reference-{spec.name}-{digest(ref_key)}.pt"
+        ref_path = cache_dir() / f"{prefix}reference-{spec.name}-{digest(ref_key)}.pt"
         if ref_path.exists():
             reference = torch.load(ref_path, weights_only=True)
         else:
@@ -70,11 +67,12 @@ def run(plan: Plan, log: Any = print) -> dict:
             )
             ref_labels = balanced_labels(plan.n_reference)
             reference = sample(
-                host, teacher, REFERENCE_SAMPLER, plan.reference_steps, cfg, ref_labels, prompts, REFERENCE_SEED
-            )
+                host, teacher, family.reference, plan.reference_steps, cfg, ref_labels, prompts, REFERENCE_SEED,
+                codec,
+            )  # fmt: skip
             torch.save(reference, ref_path)
         scorer = Scorer(digits, classifier, reference)
-        cache = ScoreCache(f"{spec.name}-{spec.key()}")
+        cache = ScoreCache(f"{prefix}{spec.name}-{spec.key()}")
 
         def cell(
             model: Any,
@@ -89,12 +87,13 @@ def run(plan: Plan, log: Any = print) -> dict:
             cache: ScoreCache = cache,
             prompts: Any = prompts,
             ref_key: Any = ref_key,
+            codec: Any = codec,
         ) -> None:
             key = [model_key, asdict(conf), steps, cfg_, sampling_seed(seed), plan.n_eval, ref_key]
 
             def compute() -> dict:
                 t0 = time.time()
-                x = sample(host, model, conf, steps, cfg_, labels, prompts, sampling_seed(seed))
+                x = sample(host, model, conf, steps, cfg_, labels, prompts, sampling_seed(seed), codec)
                 return {**scorer(x, labels), "seconds": time.time() - t0}
 
             scores = cache.get(key, compute)
@@ -107,27 +106,30 @@ def run(plan: Plan, log: Any = print) -> dict:
             )
 
         for seed in plan.seeds:
-            for conf in TEACHER_SAMPLERS:
+            for conf in family.teacher:
                 for steps in plan.step_counts:
                     cell(teacher, "teacher", spec.key(), conf, steps, cfg, seed)
-            cell(teacher, "teacher", spec.key(), REFERENCE_SAMPLER, plan.reference_steps, cfg, seed)
-            for conf in CONTROL_SAMPLERS:  # the students' samplers on the teacher itself (no LoRA) at CFG 1
+            cell(teacher, "teacher", spec.key(), family.reference, plan.reference_steps, cfg, seed)
+            for conf in family.control:  # the students' samplers on the teacher itself (no LoRA) at CFG 1
                 for steps in plan.step_counts:
                     cell(teacher, "no-lora", spec.key(), conf, steps, 1.0, seed)
+            if not plan.students:
+                continue
             lrs = [None, *(plan.sensitivity_lrs if seed in plan.sensitivity_seeds else ())]
-            variants = [(lr, (), methods) for lr in lrs for methods in [(("tcd", TCD_SAMPLERS), ("lcm", LCM_SAMPLERS))]]
+            both = (("tcd", family.tcd), ("lcm", family.lcm))
+            variants = [(lr, (), both) for lr in lrs]
             if seed in plan.ablation_seeds:
                 chosen = plan.ablations if spec.name in plan.ablation_teachers else plan.confirmations
                 if spec.name in plan.ablation_teachers and seed == plan.ablation_seeds[0]:
                     chosen = (*chosen, *plan.long_ablations)
-                variants += [(None, overrides, (("tcd", TCD_SAMPLERS),)) for overrides in chosen]
+                variants += [(None, overrides, (("tcd", family.tcd),)) for overrides in chosen]
             for lr, overrides, methods in variants:
                 for method, samplers in methods:
                     sspec = StudentSpec(
                         method, plan.student_steps, plan.student_batch, seed, GUIDANCE_W, learning_rate=lr,
                         overrides=overrides,
                     )  # fmt: skip
-                    lora, sinfo = distill(host, teacher, spec.key(), prompts, sspec, log)
+                    lora, sinfo = distill(host, teacher, spec.key(), prompts, sspec, log, codec, prefix)
                     out["students"].append(
                         {
                             "teacher": spec.name,

@@ -15,13 +15,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .data import Prompts, decode, from_raw
+from .data import SD15_CODEC, LatentCodec, Prompts
 
 
 @dataclass(frozen=True)
 class SamplerConfig:
     label: str
     kind: str  # "ksampler" (ComfyUI sampler + scheduler) | "tcd" (the pack's nodes) | "lcm-tcd" (lcm on TCD sigmas)
+    # | "tcd-grid" (the TCD Sampler on TCD's timesteps read from the model's own sigma table, the distillation grid)
     sampler: str = ""
     scheduler: str = ""
     gamma: float = 0.0
@@ -35,13 +36,18 @@ class SamplerConfig:
         if self.kind == "ksampler":
             sigmas = comfy.samplers.calculate_sigmas(model_sampling, self.scheduler, steps).cpu()
             return comfy.samplers.sampler_object(self.sampler), sigmas
-        (sigmas,) = run_node(
-            host.node("TrajectoryConsistencyScheduler"),
-            model=patcher,
-            steps=steps,
-            original_inference_steps=50,
-            strength=1.0,
-        )
+        if self.kind == "tcd-grid":
+            timesteps = host.pack.tcd_core.tcd_timesteps(steps, 50, 1.0)
+            table = model_sampling.sigmas.detach().float().cpu()
+            sigmas = torch.cat([table[timesteps], table.new_zeros(1)])
+        else:
+            (sigmas,) = run_node(
+                host.node("TrajectoryConsistencyScheduler"),
+                model=patcher,
+                steps=steps,
+                original_inference_steps=50,
+                strength=1.0,
+            )
         if self.kind == "lcm-tcd":
             return comfy.samplers.sampler_object("lcm"), sigmas
         (sampler,) = run_node(
@@ -69,6 +75,20 @@ REFERENCE_SAMPLER = SamplerConfig("ddim (ddim_uniform)", "ksampler", "ddim", "dd
 REFERENCE_STEPS = 50
 
 
+@dataclass(frozen=True)
+class Samplers:
+    """A model family's sampler configurations: the teacher's own, its reference, the students', the controls."""
+
+    teacher: tuple[SamplerConfig, ...]
+    reference: SamplerConfig
+    tcd: tuple[SamplerConfig, ...]
+    lcm: tuple[SamplerConfig, ...]
+    control: tuple[SamplerConfig, ...]  # the students' samplers on the teacher itself (no LoRA) at CFG 1
+
+
+EPS_SAMPLERS = Samplers(TEACHER_SAMPLERS, REFERENCE_SAMPLER, TCD_SAMPLERS, LCM_SAMPLERS, CONTROL_SAMPLERS)
+
+
 def sample(
     host: Any,
     patcher: Any,
@@ -78,20 +98,20 @@ def sample(
     labels: Tensor,
     prompts: Prompts,
     seed: int,
+    codec: LatentCodec = SD15_CODEC,
 ) -> Tensor:
     """Decoded digits [n, 64] for ``labels`` (one conditioning row per sample), from ComfyUI's sample_custom."""
     import comfy.sample
 
     sampler, sigmas = config.build(host, patcher, steps)
-    latent = torch.zeros(len(labels), 4, 8, 8)
+    latent = torch.zeros(len(labels), *codec.shape)
     noise = comfy.sample.prepare_noise(latent, seed)
-    positive = [[prompts.context(labels).clone(), {}]]
-    negative = [[prompts.empty.clone(), {}]]
     with torch.inference_mode():
         out = comfy.sample.sample_custom(
-            patcher, noise, cfg, sampler, sigmas, positive, negative, latent, disable_pbar=True, seed=seed
-        )
-    return decode(from_raw(out.float()))
+            patcher, noise, cfg, sampler, sigmas, prompts.batch(labels), prompts.negative(), latent,
+            disable_pbar=True, seed=seed,
+        )  # fmt: skip
+    return codec.decode(codec.from_raw(out.float()))
 
 
 Sample = Callable[..., Tensor]

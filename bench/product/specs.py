@@ -27,6 +27,7 @@ class Plan:
     ablation_seeds: tuple[int, ...] = (0,)
     confirmations: tuple[tuple[tuple[str, object], ...], ...] = ()  # ablations also run on every other teacher
     long_ablations: tuple[tuple[tuple[str, object], ...], ...] = ()  # costly ablations: first ablation seed only
+    students: bool = True  # False: the teachers' rows and the no-LoRA controls only
 
 
 FULL = Plan(

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .data import Prompts, encode, load_digits, to_raw
+from .data import SD15_CODEC, LatentCodec, Prompts, load_digits
 from .env import cache_dir, digest
 
 NODE_ID = "TrajectoryConsistencyDistillLoRA"
@@ -72,22 +72,32 @@ def identifying_widgets(node: Any, widgets: dict) -> dict:
 
 
 def distill(
-    host: Any, teacher: Any, teacher_key: str, prompts: Prompts, spec: StudentSpec, log: Any = print
+    host: Any,
+    teacher: Any,
+    teacher_key: str,
+    prompts: Prompts,
+    spec: StudentSpec,
+    log: Any = print,
+    codec: LatentCodec = SD15_CODEC,
+    file_prefix: str = "",
 ) -> tuple[dict, dict]:
-    """(lora state dict, info with the loss curve and training seconds), trained by the node or from the cache."""
+    """(lora state dict, info with the loss curve and training seconds), trained by the node or from the cache.
+
+    ``codec``: the teacher family's latents; ``file_prefix``: the family's prefix for its cache files."""
     import comfy.utils
 
     node = host.node(NODE_ID)
     widgets = spec.widgets(node)
     keyed = identifying_widgets(node, widgets)
     key = digest([teacher_key, keyed, "digits-train-v1"])
-    stem = f"student-{spec.method}-s{spec.seed}-{key}"  # no dots: the suffixes below replace what follows one
+    # no dots in the stem: the suffixes below replace what follows one
+    stem = f"{file_prefix}student-{spec.method}-s{spec.seed}-{key}"
     path = cache_dir() / stem
     if path.with_suffix(".safetensors").exists():
         lora = comfy.utils.load_torch_file(str(path.with_suffix(".safetensors")))
         return lora, json.loads(path.with_suffix(".json").read_text())
     digits = load_digits()
-    latents = [{"samples": to_raw(encode(digits.train))}]  # one batched LATENT in the raw latent space
+    latents = [{"samples": codec.to_raw(codec.encode(digits.train))}]  # one batched LATENT in the raw latent space
     positive = [prompts.positive(int(label)) for label in digits.train_labels]  # one CONDITIONING per latent
     negative = [prompts.negative()]
     inputs = {"model": [teacher], "latents": latents, "positive": positive, "negative": negative}

@@ -5,6 +5,9 @@ Training: t uniform on 0..999 of the model's own SD1.5 schedule (from its model_
 x_t = a_t x0 + s_t eps, loss ||eps - unet(x_t, t, context)||^2; the context is the class embedding,
 replaced by the empty one with probability ``cfg_dropout``; AdamW with cosine decay, EMA of the weights kept.
 Cached under $TCD_DEV_DIR/bench-product/ by a hash of the spec.
+
+``train`` and ``load_teacher`` serve every family: a spec builds its model (``build_patcher``), its prompts and its
+latents (``codec``) and draws its loss (``loss``); bench/product_flow's spec is the flow family's.
 """
 
 from __future__ import annotations
@@ -12,14 +15,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from devkit.build_test_models import SD15_UNET_CONFIG
 
-from .data import Prompts, encode, load_digits, make_prompts
+from .data import SD15_CODEC, LatentCodec, Prompts, load_digits, make_prompts
 from .env import cache_dir, digest
+from .sampling import EPS_SAMPLERS, Samplers
 
 
 @dataclass(frozen=True)
@@ -34,8 +38,30 @@ class TeacherSpec:
     ema: float = 0.995
     seed: int = 0
 
+    codec: ClassVar[LatentCodec] = SD15_CODEC
+    samplers: ClassVar[Samplers] = EPS_SAMPLERS
+    file_prefix: ClassVar[str] = ""  # a family's prefix for its cache files
+
     def key(self) -> str:
         return digest(asdict(self))
+
+    def build_patcher(self) -> Any:
+        return build_patcher(self)
+
+    def make_prompts(self) -> Prompts:
+        return make_prompts(self.context_dim)
+
+    def loss(self, patcher: Any, x0: torch.Tensor, labels: torch.Tensor, prompts: Prompts, gen: Any) -> torch.Tensor:
+        """Eps prediction: t uniform on 0..999, ||eps - unet(a_t x0 + s_t eps, t, context)||^2, CFG dropout."""
+        net = patcher.model.diffusion_model
+        abar = alphas_cumprod(patcher).float()
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, 1000, (len(x0),), generator=gen)
+        a, s = abar[t].sqrt().view(-1, 1, 1, 1), (1 - abar[t]).sqrt().view(-1, 1, 1, 1)
+        context = prompts.context(labels)
+        drop = torch.rand(len(x0), generator=gen) < self.cfg_dropout
+        context = torch.where(drop.view(-1, 1, 1), prompts.empty.expand_as(context), context)
+        return (net(a * x0 + s * noise, t.float(), context=context) - noise).pow(2).mean()
 
     def unet_config(self) -> dict:
         """ComfyUI's SD1.5 UNet layout, shrunk: two levels, one res block and one transformer per level."""
@@ -84,13 +110,12 @@ def alphas_cumprod(patcher: Any) -> torch.Tensor:
     return 1.0 / (1.0 + sigmas**2)
 
 
-def train(spec: TeacherSpec, patcher: Any, prompts: Prompts, log: Any = print) -> list[float]:
-    """The eps-prediction training loop (in place on the patcher's UNet); returns the loss per 50 iterations."""
+def train(spec: Any, patcher: Any, prompts: Prompts, log: Any = print) -> list[float]:
+    """The training loop (in place on the patcher's network, ``spec.loss`` per batch); the loss per 50 iterations."""
     digits = load_digits()
-    x_all = encode(digits.train)
+    x_all = spec.codec.encode(digits.train)
     labels = digits.train_labels
     net = patcher.model.diffusion_model
-    abar = alphas_cumprod(patcher).float()
     gen = torch.Generator().manual_seed(spec.seed)
     net.train()
     opt = torch.optim.AdamW(net.parameters(), lr=spec.lr, weight_decay=0.0)
@@ -100,14 +125,7 @@ def train(spec: TeacherSpec, patcher: Any, prompts: Prompts, log: Any = print) -
         for group in opt.param_groups:
             group["lr"] = spec.lr * 0.5 * (1 + math.cos(math.pi * it / spec.iterations))
         idx = torch.randint(0, len(x_all), (spec.batch,), generator=gen)
-        x0 = x_all[idx]
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, 1000, (spec.batch,), generator=gen)
-        a, s = abar[t].sqrt().view(-1, 1, 1, 1), (1 - abar[t]).sqrt().view(-1, 1, 1, 1)
-        context = prompts.context(labels[idx])
-        drop = torch.rand(spec.batch, generator=gen) < spec.cfg_dropout
-        context = torch.where(drop.view(-1, 1, 1), prompts.empty.expand_as(context), context)
-        loss = (net(a * x0 + s * noise, t.float(), context=context) - noise).pow(2).mean()
+        loss = spec.loss(patcher, x_all[idx], labels[idx], prompts, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -130,14 +148,14 @@ def train(spec: TeacherSpec, patcher: Any, prompts: Prompts, log: Any = print) -
     return curve
 
 
-def load_teacher(spec: TeacherSpec, log: Any = print) -> tuple[Any, Prompts, dict]:
+def load_teacher(spec: Any, log: Any = print) -> tuple[Any, Prompts, dict]:
     """(patcher, prompts, info) for ``spec``: trained once, then loaded from the cache.
 
     ``info``: training seconds (of the run that trained it) and the loss curve.
     """
-    prompts = make_prompts(spec.context_dim)
-    patcher = build_patcher(spec)
-    path = cache_dir() / f"teacher-{spec.name}-{spec.key()}.pt"
+    prompts = spec.make_prompts()
+    patcher = spec.build_patcher()
+    path = cache_dir() / f"{spec.file_prefix}teacher-{spec.name}-{spec.key()}.pt"
     if path.exists():
         saved = torch.load(path, weights_only=True)
         patcher.model.diffusion_model.load_state_dict(saved["weights"])
