@@ -588,7 +588,7 @@ def test_node_and_trainer_train_the_same_lora(checkpoint: Path, tmp_path: Path) 
         "batch_size": 1, "grad_accumulation_steps": 1, "steps": STEPS, "learning_rate": 1e-3, "rank": RANK,
         "optimizer": "AdamW", "seed": seed, "training_dtype": "fp32", "lora_dtype": "fp32",
         "gradient_checkpointing": False, "existing_lora": "None", "guidance_min": 3.0, "guidance_max": 15.0,
-        "num_ddim_timesteps": 50, "ema_decay": 0.95, "loss": "l2", "huber_c": 0.001, "s_rule": "uniform",
+        "num_ddim_timesteps": 50, "ema_decay": 0.95, "loss": "huber", "huber_c": 0.001, "s_rule": "uniform",
         "s_zero_share": 0.2, "method": "tcd",
     }  # fmt: skip
     node = comfy_host.node("TrajectoryConsistencyDistillLoRA")
