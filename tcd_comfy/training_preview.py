@@ -45,7 +45,7 @@ class TrainingPreview:
         self.positive = [positive]
         self.latent_shape = (1, *latent_shape[1:])
         self.every = every
-        self.previewer = previewer_for(patcher) if every > 0 else None
+        self.previewer = previewer_for(patcher)
         self.sampler = comfy.samplers.KSAMPLER(ksampler_tcd_sampler, extra_options={"gamma": KSAMPLER_GAMMA})
 
     def due(self, step: int) -> bool:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from .env import threads
-from .report import markdown, plot_losses
+from .report import markdown, write_outputs
 from .run import run
 from .specs import FULL, QUICK
 
@@ -23,16 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     threads()
     plan = QUICK if args.quick else FULL
     prefix = "product_quick" if args.quick else "product"
-    out_dir = args.out or REPO_ROOT / "docs" / "benchmarks"
-    out_dir.mkdir(parents=True, exist_ok=True)
     command = "python -m bench.product" + (" --quick" if args.quick else "")
     result = run(plan, log=lambda text: print(text, flush=True))
-    (out_dir / f"{prefix}_results.json").write_text(json.dumps(result, indent=1))
-    plot_name = f"{prefix}_losses.png"
-    plot_losses(result, out_dir / plot_name)
-    report = out_dir / f"{prefix}_results.md"
-    report.write_text(markdown(result, command, plot_name))
-    print(f"wrote {report} (made by: {command})")
+    write_outputs(result, args.out or REPO_ROOT / "docs" / "benchmarks", prefix, command, markdown)
     return 0
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from .sampling import CONTROL_SAMPLERS, LCM_SAMPLERS, REFERENCE_SAMPLER, TCD_SAMPLERS, TEACHER_SAMPLERS
 from .targets import TARGET_TEXT, cells, judge, mean
@@ -44,6 +46,28 @@ def sensitivity(result: dict, teacher: str, steps: list[int]) -> list[str]:
     ]
     lines += table(rows, teacher, list(dict.fromkeys(entries)), steps, "fd_ref")
     return lines
+
+
+def teachers_table(result: dict) -> list[str]:
+    """How each teacher was trained: one Markdown row each."""
+    lines = ["", "| teacher | how trained | training time | final loss |", "|---|---|---|---|"]
+    for t in result["teachers"]:
+        lines.append(f"| {t['name']} | {t['describe']} | {t['seconds'] / 60:.1f} min | {t['loss'][-1]:.4f} |")
+    return lines
+
+
+def write_outputs(result: dict, out_dir: Path, prefix: str, command: str, markdown: Any) -> Path:
+    """``<prefix>_results.json``, the loss plot (when there are students) and ``<prefix>_results.md`` (made by
+    ``markdown(result, command, plot_name)``) in ``out_dir``; returns the report's path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{prefix}_results.json").write_text(json.dumps(result, indent=1))
+    plot_name = f"{prefix}_losses.png" if result["students"] else None
+    if plot_name:
+        plot_losses(result, out_dir / plot_name)
+    report = out_dir / f"{prefix}_results.md"
+    report.write_text(markdown(result, command, plot_name))
+    print(f"wrote {report} (made by: {command})")
+    return report
 
 
 def plot_losses(result: dict, path: Path) -> None:
@@ -107,12 +131,8 @@ def markdown(result: dict, command: str, plot_name: str) -> str:
         "[product_checks.txt](product_checks.txt).",
         "",
         "## Teachers",
-        "",
-        "| teacher | how trained | training time | final loss |",
-        "|---|---|---|---|",
+        *teachers_table(result),
     ]
-    for t in result["teachers"]:
-        lines.append(f"| {t['name']} | {t['describe']} | {t['seconds'] / 60:.1f} min | {t['loss'][-1]:.4f} |")
     for t in result["teachers"]:
         name = t["name"]
         own = [("teacher", c.label) for c in TEACHER_SAMPLERS]

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
 from bench.product.env import threads
-from bench.product.report import plot_losses
+from bench.product.report import write_outputs
 from bench.product.run import run
 
 from .report import markdown
@@ -29,19 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.teacher_only:
         plan = dataclasses.replace(plan, students=False)
     prefix = "product_flow_quick" if args.quick else "product_flow"
-    out_dir = args.out or REPO_ROOT / "docs" / "benchmarks"
-    out_dir.mkdir(parents=True, exist_ok=True)
     command = "python -m bench.product_flow" + "".join(
         flag for flag, on in ((" --quick", args.quick), (" --teacher-only", args.teacher_only)) if on
     )
     result = run(plan, log=lambda text: print(text, flush=True))
-    (out_dir / f"{prefix}_results.json").write_text(json.dumps(result, indent=1))
-    plot_name = f"{prefix}_losses.png" if result["students"] else None
-    if plot_name:
-        plot_losses(result, out_dir / plot_name)
-    report = out_dir / f"{prefix}_results.md"
-    report.write_text(markdown(result, command, plot_name))
-    print(f"wrote {report} (made by: {command})")
+    write_outputs(result, args.out or REPO_ROOT / "docs" / "benchmarks", prefix, command, markdown)
     return 0
 
 

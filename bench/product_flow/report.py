@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.product.report import cell_text, sensitivity, table
+from bench.product.report import cell_text, sensitivity, table, teachers_table
 from bench.product.targets import cells
 
 from .sampling import EULER, FLOW_SAMPLERS
@@ -48,12 +48,8 @@ def markdown(result: dict, command: str, plot_name: str | None) -> str:
         "shift(t / 999) (`python -m bench.product_flow.checks`).",
         "",
         "## Teacher",
-        "",
-        "| teacher | how trained | training time | final loss |",
-        "|---|---|---|---|",
+        *teachers_table(result),
     ]
-    for t in result["teachers"]:
-        lines.append(f"| {t['name']} | {t['describe']} | {t['seconds'] / 60:.1f} min | {t['loss'][-1]:.4f} |")
     for t in result["teachers"]:
         name = t["name"]
         ref = cells(rows, name, "teacher", EULER.label, ref_steps)
