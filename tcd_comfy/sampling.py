@@ -21,16 +21,24 @@ log = logging.getLogger("comfyui-tcd-sampling")
 # 50-point grid, the grid grows with the step count instead of failing.
 MAX_GRID_STEPS = tcd_core.NUM_TRAIN_TIMESTEPS  # the finest grid there is
 KSAMPLER_GAMMA = tcd_core.GammaSchedule.constant(tcd_core.DEFAULT_GAMMA)  # KSampler's `tcd` has no gamma input
-LAST_TRAIN_TIMESTEP = tcd_core.NUM_TRAIN_TIMESTEPS - 1
 
 
-def flow_percent(timestep: int) -> float:
-    """A timestep of the 0..999 grid as ComfyUI's sampling percent for flow models (0 = pure noise, 1 = clean).
+def flow_sigmas(model_sampling: Any, timesteps: Sequence[int]) -> list[float]:
+    """Timesteps of TCD's 0..999 grid as a flow model's sigmas: the entries of its own table that the
+    distiller trains at, sigma[t] = shift((t + 1) / 1000) (docs/math.md, section 2).
 
-    Flow models run on normalised time t / 999 in [0, 1]; ``percent_to_sigma`` counts the other way
-    and applies the model's own time shift.
+    ComfyUI builds a flow model's table as shift(i / T) for i = 1..T (``model_sampling.sigmas``: T = 1000 for SD3,
+    10000 for Flux), and TCD Distill LoRA's skipping grid takes its entries (t + 1) T / 1000 - 1, so a distilled
+    flow LoRA is sampled at exactly the sigmas it was trained at (999 is pure noise, 0 the table's lowest entry;
+    ComfyUI's ``simple`` schedule at 50 steps is the 50-point grid). A table whose length is not a multiple of 1000
+    is read through ``percent_to_sigma`` at the same normalised time.
     """
-    return 1.0 - timestep / LAST_TRAIN_TIMESTEP
+    table = getattr(model_sampling, "sigmas", None)
+    per_step, rest = divmod(len(table), tcd_core.NUM_TRAIN_TIMESTEPS) if table is not None else (0, 1)
+    if per_step and not rest:
+        index = torch.tensor([(t + 1) * per_step - 1 for t in timesteps], dtype=torch.long)
+        return table.detach().cpu()[index].double().tolist()
+    return [float(model_sampling.percent_to_sigma(1.0 - (t + 1) / tcd_core.NUM_TRAIN_TIMESTEPS)) for t in timesteps]
 
 
 def _on_device_of(model_sampling: torch.nn.Module, fn: Any) -> Any:
@@ -72,9 +80,9 @@ def noise_space_for(model_sampling: Any) -> tcd_core.NoiseSpace:
 
 def train_timesteps(model_sampling: Any) -> range:
     """The timesteps a custom list may name on this model: its training timesteps 0 .. T-1 (discrete models),
-    1 .. 999 on flow models (normalised time t / 999; timestep 0 is the clean image there, sigma 0)."""
+    TCD's grid 0 .. 999 on flow models (``flow_sigmas``)."""
     if isinstance(model_sampling, comfy.model_sampling.CONST):
-        return range(1, tcd_core.NUM_TRAIN_TIMESTEPS)
+        return range(tcd_core.NUM_TRAIN_TIMESTEPS)
     noise_space_for(model_sampling)  # refuses unsupported samplings with a clear message
     return range(len(model_sampling.sigmas))
 
@@ -109,9 +117,7 @@ def tcd_sigmas(
     else:
         timesteps = custom_timesteps_for(model_sampling, timesteps, strength)
     if isinstance(model_sampling, comfy.model_sampling.CONST):
-        # Flow models: the same grid in normalised time, through the model's own shift.
-        sigmas = [model_sampling.percent_to_sigma(flow_percent(t)) for t in timesteps]
-        return torch.tensor([*sigmas, 0.0], dtype=torch.float32)
+        return torch.tensor([*flow_sigmas(model_sampling, timesteps), 0.0], dtype=torch.float32)
     noise_space_for(model_sampling)  # refuses unsupported samplings with a clear message
     sigmas = _on_device_of(model_sampling, model_sampling.sigma)(torch.tensor(timesteps, dtype=torch.float32))
     return torch.cat([sigmas.float(), sigmas.new_zeros(1, dtype=torch.float32)])

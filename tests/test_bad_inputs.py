@@ -131,16 +131,6 @@ def ksampler_tcd(steps: int, denoise: float) -> Callable[[Graph, ComfyServer], N
 TIMESTEPS_FORM = "give whole training timesteps in 0..999, strictly descending, separated by commas or spaces"
 
 
-def flow_scheduler(**inputs: Any) -> Callable[[Graph, ComfyServer], None]:
-    """The TCD Scheduler on the checkpoint patched to a flow model (ModelSamplingSD3, shift 3)."""
-
-    def change(graph: Graph, _server: ComfyServer) -> None:
-        graph["flow"] = {"class_type": "ModelSamplingSD3", "inputs": {"model": ["ckpt", 0], "shift": 3.0}}
-        graph["scheduler"]["inputs"].update(model=["flow", 0], **inputs)
-
-    return change
-
-
 def nan_latent(graph: Graph, server: ComfyServer) -> None:
     """A .latent file (SaveLatent's format) holding one NaN, loaded with LoadLatent from the input folder."""
     import safetensors.torch
@@ -484,19 +474,6 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         f"separators in a row, or one at an end); {TIMESTEPS_FORM} (e.g. '999, 749, 499, 249' or '800')`",
         input_name="timesteps",
         rejected=True,
-    ),
-    BadInput(
-        "timesteps-outside-the-models-range",
-        "TCD Scheduler `timesteps` `999, 0` on a flow model (ModelSamplingSD3), where timestep 0 is the clean image",
-        flow_scheduler(timesteps="999, 0"),
-        "scheduler",
-        (
-            "TCD Scheduler: timesteps [0] are outside this model's range 1..999",
-            "give whole training timesteps in 1..999",
-        ),
-        "Error in TCD Scheduler: `TCD Scheduler: timesteps [0] are outside this model's range 1..999; give whole "
-        "training timesteps in 1..999, strictly descending, separated by commas or spaces (e.g. '999, 749, 499, "
-        "249' or '800')`",
     ),
     BadInput(
         "distill-empty-dataset",

@@ -192,16 +192,17 @@ def test_sigmas_equal_diffusers_custom_timesteps(
     assert model_sampling.timestep(ours[:-1]).tolist() == kept
 
 
-@pytest.mark.parametrize("text", [*LISTS, "999, 749, 499, 249"])
-def test_flow_sigmas_equal_diffusers_flow_match_with_the_packs_normalisation(
-    comfy: Comfy, sd15: SimpleNamespace, text: str
-) -> None:
-    """Flow models: timestep t is normalised time t / 999 (as the steps path maps TCD's grid, 999 = pure noise),
-    through the model's shift: diffusers' FlowMatchEulerDiscreteScheduler(shift, num_train_timesteps=999)."""
+@pytest.mark.parametrize("text", [*LISTS, "999, 749, 499, 249", "999, 0"])
+def test_flow_sigmas_equal_diffusers_flow_match_training_table(comfy: Comfy, sd15: SimpleNamespace, text: str) -> None:
+    """Flow models: timestep t is the (t + 1)-th entry of the 1000-step training table through the model's shift, the
+    sigma TCD Distill LoRA trains at: diffusers' FlowMatchEulerDiscreteScheduler(shift, num_train_timesteps=1000)
+    table, read at its sigmas (t + 1) / 1000 (999 is pure noise, 0 the lowest training sigma)."""
     flow = run_node(comfy.node("ModelSamplingSD3"), model=sd15.model, shift=3.0)[0]
     ours = scheduler_sigmas(comfy, flow, text)
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, num_train_timesteps=999)
-    scheduler.set_timesteps(sigmas=[t / 999 for t in parse(text)])  # the sigmas before shifting
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, num_train_timesteps=1000)
+    table = scheduler.sigmas.flip(0)  # its training sigmas, rising: shift(i / 1000) for i = 1..1000
+    assert sigma_error(ours[:-1], table[parse(text)]) <= SIGMA_TOLERANCE
+    scheduler.set_timesteps(sigmas=[(t + 1) / 1000 for t in parse(text)])  # the sigmas before shifting
     assert sigma_error(ours, scheduler.sigmas) <= SIGMA_TOLERANCE
     assert ours[-1] == 0
 
@@ -233,8 +234,7 @@ def test_the_models_own_range_is_checked_at_execution(comfy: Comfy, sd15: Simple
         scheduler_sigmas(comfy, short, "800, 400")
     assert scheduler_sigmas(comfy, short, "499, 250").shape == (3,)
     flow = run_node(comfy.node("ModelSamplingSD3"), model=sd15.model, shift=3.0)[0]
-    with pytest.raises(ValueError, match=r"TCD Scheduler: timesteps \[0\] are outside this model's range 1..999"):
-        scheduler_sigmas(comfy, flow, "999, 0")  # on a flow model timestep 0 is the clean image, sigma 0
+    assert scheduler_sigmas(comfy, flow, "999, 0").shape == (3,)  # a flow model's grid is 0..999 too
 
 
 # --- the start noise: full gamma-0 runs against diffusers' pipelines -------------------------------------

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from comfyui_tcd_sampling.tcd_core import tcd_timesteps
+from comfyui_tcd_sampling.tcd_core.distill import ddim_grid
 
 from devkit.host import ComfyServer
 from devkit.inprocess import Comfy, load_comfy, run_node
@@ -197,6 +199,33 @@ def test_each_family_distils_on_its_own_sigmas_through_its_own_apply_model(pack:
             assert not torch.equal(other, teacher)
             same = student.teacher(x, torch.tensor([0.6]), conds, guidance=torch.tensor([3.5]))
             torch.testing.assert_close(same, teacher, rtol=0, atol=0)  # the conditioning's default, 3.5
+
+
+# The TCD Scheduler settings a flow TCD LoRA is sampled with (README, "Distil a TCD LoRA for a flow model").
+SCHEDULER_STEPS = (1, 2, 4, 8, 50)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_tcd_scheduler_samples_each_family_at_the_sigmas_it_was_distilled_at(
+    comfy: Comfy, pack: SimpleNamespace, family: str
+) -> None:
+    """Sigma parity with the teacher's schedule: at 1, 2, 4, 8 and 50 steps the TCD Scheduler gives, bit for bit, the
+    entries of the model's own table at the engine's skipping grid (``ddim_grid`` on the table: what the node trained
+    the LoRA at), whatever the table's length and shift; at 50 steps that is ComfyUI's ``simple`` schedule, the
+    teacher's reference sampler in the benchmark."""
+    from comfy.samplers import calculate_sigmas
+
+    model = flow_model(family)
+    table = pack.model_facts(model).sigmas.float()
+    trained = ddim_grid(50, len(table))  # the node's default num_ddim_timesteps on the model's own table
+    positions = {int(t): i for i, t in enumerate(ddim_grid(50, 1000))}  # TCD's grid of 1000 timesteps
+    for steps in SCHEDULER_STEPS:
+        sigmas = run_node(comfy.node("TrajectoryConsistencyScheduler"), model=model, steps=steps,
+                          original_inference_steps=50, strength=1.0)[0]  # fmt: skip
+        expected = table[trained[[positions[t] for t in tcd_timesteps(steps, 50)]]]
+        assert torch.equal(sigmas[:-1], expected) and sigmas[-1] == 0, (family, steps)
+    simple = calculate_sigmas(model.get_model_object("model_sampling"), "simple", 50)
+    assert torch.equal(sigmas, simple.float())
 
 
 # --- training, the saved LoRA, the base model ----------------------------------------------------------------

@@ -22,7 +22,6 @@ from .data import SD15_CODEC, LatentCodec, Prompts
 class SamplerConfig:
     label: str
     kind: str  # "ksampler" (ComfyUI sampler + scheduler) | "tcd" (the pack's nodes) | "lcm-tcd" (lcm on TCD sigmas)
-    # | "tcd-grid" (the TCD Sampler on TCD's timesteps read from the model's own sigma table, the distillation grid)
     sampler: str = ""
     scheduler: str = ""
     gamma: float = 0.0
@@ -36,18 +35,13 @@ class SamplerConfig:
         if self.kind == "ksampler":
             sigmas = comfy.samplers.calculate_sigmas(model_sampling, self.scheduler, steps).cpu()
             return comfy.samplers.sampler_object(self.sampler), sigmas
-        if self.kind == "tcd-grid":
-            timesteps = host.pack.tcd_core.tcd_timesteps(steps, 50, 1.0)
-            table = model_sampling.sigmas.detach().float().cpu()
-            sigmas = torch.cat([table[timesteps], table.new_zeros(1)])
-        else:
-            (sigmas,) = run_node(
-                host.node("TrajectoryConsistencyScheduler"),
-                model=patcher,
-                steps=steps,
-                original_inference_steps=50,
-                strength=1.0,
-            )
+        (sigmas,) = run_node(
+            host.node("TrajectoryConsistencyScheduler"),
+            model=patcher,
+            steps=steps,
+            original_inference_steps=50,
+            strength=1.0,
+        )
         if self.kind == "lcm-tcd":
             return comfy.samplers.sampler_object("lcm"), sigmas
         (sampler,) = run_node(

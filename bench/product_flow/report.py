@@ -43,9 +43,7 @@ def markdown(result: dict, command: str, plot_name: str | None) -> str:
         "FD ref = Frechet distance (digit classifier features) to the teacher's "
         f"{ref_steps}-step Euler samples ({plan['n_reference']}); FD held-out = to the held-out digits; acc = share "
         "classified as the conditioned class. Cells: **3-seed mean** (seed 0 / 1 / 2). `no-lora`: the students' "
-        "samplers on the teacher itself at CFG 1. `tcd gamma 0 (table sigmas)`: the TCD Sampler on TCD's timesteps "
-        "taken from the model's own sigma table (the sigmas the node trains on) instead of the TCD Scheduler's "
-        "shift(t / 999) (`python -m bench.product_flow.checks`).",
+        "samplers on the teacher itself at CFG 1.",
         "",
         "## Teacher",
         *teachers_table(result),

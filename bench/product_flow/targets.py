@@ -5,7 +5,7 @@ Euler samples, 3-seed means with every seed printed:
 (b) the TCD student at or below the LCM-flow student at 4 and 8 steps.
 
 As in bench/product, the TCD student is judged at its best gamma of the TCD Scheduler + TCD Sampler rows and the
-LCM student at its best schedule; the table-sigma TCD row is a diagnostic and not judged.
+LCM student at its best schedule.
 """
 
 from __future__ import annotations
