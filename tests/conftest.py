@@ -44,6 +44,28 @@ def tiny_checkpoint(test_models: dict[str, Path]) -> str:
     return NAME
 
 
+# SD3's own text widths: T5-XXL's 4096 (CLIP-L / CLIP-G padded to it) and CLIP-L + CLIP-G's 2048 pooled.
+SD3_TEXT = {
+    "adm_in_channels": 2048,
+    "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 128}},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_files(test_models: dict[str, Path]) -> dict[str, Path]:
+    """A tiny random-weight SD3.5 (MMDiT-X, depth 2) with SD3's real text widths, as users have the model: the
+    diffusion-model file, CLIP-L, a 16-channel VAE and the single-file checkpoint (devkit.tiny_checkpoint; written
+    once under .dev/trainer-models, reused): {"diffusion_model" | "clip_l" | "vae" | "checkpoint": path}."""
+    from devkit.host import dev_dir
+    from devkit.inprocess import load_comfy
+    from devkit.tiny_checkpoint import build_tiny_sd3_files
+
+    comfy = load_comfy(default_models_dir())
+    model = comfy.tiny_flow_models.tiny_flow_model("SD3", seed=5, unet_overrides=SD3_TEXT)
+    state = model.model.diffusion_model.state_dict()
+    return build_tiny_sd3_files(dev_dir() / "trainer-models", state, test_models["checkpoint_sd15"])
+
+
 @pytest.fixture(scope="session")
 def comfy_server(test_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
     """One ComfyUI server for the whole session, with this pack (and the test-only devkit.fixtures.TEST_PACKS)

@@ -19,16 +19,8 @@ import torch
 from safetensors.torch import load_file
 from test_distill_trainer import RANK, STEPS, finish, launch, one_thread, train_here, write_shards
 
-from devkit.host import dev_dir
 from devkit.inprocess import Comfy, load_comfy
 from devkit.model_files import default_models_dir
-from devkit.tiny_checkpoint import build_tiny_sd3_files
-
-# SD3's own text widths: T5-XXL's 4096 (CLIP-L / CLIP-G padded to it) and CLIP-L + CLIP-G's 2048 pooled.
-SD3_TEXT = {
-    "adm_in_channels": 2048,
-    "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 128}},
-}
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +29,8 @@ def comfy(test_models: dict) -> Comfy:
 
 
 @pytest.fixture(scope="module")
-def files(comfy: Comfy, test_models: dict) -> dict[str, Path]:
-    model = comfy.tiny_flow_models.tiny_flow_model("SD3", seed=5, unet_overrides=SD3_TEXT)
-    state = model.model.diffusion_model.state_dict()
-    return build_tiny_sd3_files(dev_dir() / "trainer-models", state, test_models["checkpoint_sd15"])
+def files(tiny_sd3_files: dict[str, Path]) -> dict[str, Path]:
+    return tiny_sd3_files
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import subprocess
 import sys
 import urllib.error
@@ -45,11 +46,18 @@ NEEDS_OTHER_PACKS = {
 }
 PACK_RECORDINGS = [recording for _, recording in NEEDS_OTHER_PACKS.values()]
 CORE = [name for name in NAMES if name not in NEEDS_OTHER_PACKS]  # ComfyUI core and this pack only
-# Training workflows are not run here (tests/ of the TCD Distill LoRA node train for real, on tiny models).
-TRAINING = {"tcd_distill_lora"}
-# The others run end to end. The Papercut one goes last: all others load the same checkpoint +
-# TCD LoRA, which ComfyUI then keeps patched between prompts.
-RUNNABLE = sorted((n for n in CORE if n not in TRAINING), key=lambda name: name == "tcd_sdxl_papercut_lora")
+# Training workflows (the distil-then-sample test below runs the Flux one on tiny stand-ins; tests/ of the TCD
+# Distill LoRA node train for real).
+TRAINING = {"tcd_distill_lora", "tcd_distill_lora_flux"}
+# Flow workflows: they sample a LoRA the user distils (no download), with the settings README's "Distil a TCD LoRA
+# for a flow model" gives; run end to end below on tiny stand-ins, after the distillation workflow made the LoRA.
+FLOW = {"tcd_flux1_dev_text_to_image": "Flux", "tcd_sd35_text_to_image": "SD3.5"}
+YOUR_LORAS = {"tcd_flux1_dev.safetensors": "tcd_flux1_dev_text_to_image", "tcd_sd35_medium.safetensors":
+              "tcd_sd35_text_to_image"}  # fmt: skip
+FLOW_GAMMA = 0.5  # the best of 0 / 0.3 / 0.5 at 4 and 8 steps in bench/product_flow
+# The others run end to end on the SD1.5 test models. The Papercut one goes last: all others load the same
+# checkpoint + TCD LoRA, which ComfyUI then keeps patched between prompts.
+RUNNABLE = sorted((n for n in CORE if n not in TRAINING and n not in FLOW), key=lambda n: n == "tcd_sdxl_papercut_lora")
 MODEL_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
@@ -129,6 +137,7 @@ def test_core_workflow_passes_comfyuis_validation_but_for_the_model_files(
     status, answer = prompt_answer(comfy_server, to_api(workflow, ObjectInfo(live_info)))
     assert status == 400, answer  # the real model files are not installed on the test server: nothing runs
     files = {model["name"] for model in workflow["models"]} | input_image_names(workflow) | input_folder_names(workflow)
+    files |= {lora for lora, user in YOUR_LORAS.items() if user == name}
     reasons = [(node["class_type"], e) for node in answer["node_errors"].values() for e in node["errors"]]
     assert reasons, answer
     for class_type, reason in reasons:
@@ -170,7 +179,10 @@ def test_every_workflow_has_a_note_naming_its_model_files_and_a_models_list() ->
             for value in node.get("widgets_values") or []
             if isinstance(value, str) and value.endswith(MODEL_FILE_SUFFIXES)
         }
-        assert file_inputs == {m["name"] for m in workflow["models"]}, name
+        yours = {lora for lora, user in YOUR_LORAS.items() if user == name}  # made with the pack: no download
+        assert file_inputs == {m["name"] for m in workflow["models"]} | yours, name
+        for lora in yours:
+            assert f"`{lora}` in `ComfyUI/models/loras/`: your distilled LoRA" in text, name
         # The loaders carry their files too (the frontend's missing-model check reads them there).
         node_models = [m for node in workflow["nodes"] for m in (node.get("properties") or {}).get("models") or []]
         assert sorted(map(json.dumps, node_models)) == sorted(map(json.dumps, workflow["models"])), name
@@ -197,7 +209,18 @@ def _nodes(prompt: dict[str, Any], class_type: str) -> list[dict[str, Any]]:
     return [entry["inputs"] for entry in prompt.values() if entry["class_type"] == class_type]
 
 
-def test_workflows_carry_the_published_settings(info: ObjectInfo) -> None:
+def _defaults(live_info: dict[str, Any], node_type: str) -> dict[str, Any]:
+    """Each input's default in the live server's /object_info."""
+    inputs = live_info[node_type]["input"]
+    return {
+        name: spec[1].get("default")
+        for section in ("required", "optional")
+        for name, spec in inputs.get(section, {}).items()
+        if len(spec) > 1 and isinstance(spec[1], dict)
+    }
+
+
+def test_workflows_carry_the_published_settings(info: ObjectInfo, live_info: dict[str, Any]) -> None:
     prompts = {name: to_api(read(name), info) for name in NAMES}
     for name, prompt in prompts.items():
         if name in TRAINING:
@@ -207,6 +230,18 @@ def test_workflows_carry_the_published_settings(info: ObjectInfo) -> None:
             assert save["lora"][1] == 1 and save["steps"][1] == 3 and graph["loss"][1] == 2  # lora, steps, loss_map
             assert distill["latents"][0] == distill["positive"][0]  # images and captions of one dataset
             assert not _nodes(prompt, "TrajectoryConsistencySampler")
+            defaults = _defaults(live_info, "TrajectoryConsistencyDistillLoRA")
+            changed = {
+                key: value
+                for key, value in distill.items()
+                if not isinstance(value, list) and value != defaults.get(key)
+            }
+            if name == "tcd_distill_lora_flux":  # Flux.1-dev: no CFG pass, FluxGuidance 3.0..4.0 drawn per sample
+                assert changed == {"guidance_min": 0.0, "guidance_max": 0.0, "embedded_guidance_min": 3.0,
+                                   "embedded_guidance_max": 4.0}  # fmt: skip
+                assert save["prefix"] == "loras/" + Path(next(iter(YOUR_LORAS))).stem
+            else:
+                assert changed == {}, changed  # its note: "the node's defaults"
             continue
         if name == "tcd_sdxl_ksampler":
             (ksampler,) = _nodes(prompt, "KSampler")
@@ -220,6 +255,24 @@ def test_workflows_carry_the_published_settings(info: ObjectInfo) -> None:
         (scheduler,) = _nodes(prompt, "TrajectoryConsistencyScheduler")
         (loader,) = _nodes(prompt, "TrajectoryConsistencyLoraLoader")
         assert loader["tcd_lora_strength"] == 1.0
+        if name in FLOW:  # README: 4 steps, gamma 0.5, the model's own shift (no ModelSampling node), CFG 1
+            assert (scheduler["steps"], scheduler["original_inference_steps"], scheduler["strength"]) == (4, 50, 1.0)
+            assert (sampler["gamma"], sampler["gamma_schedule"], sampler["unit_start_noise"]) == (
+                FLOW_GAMMA,
+                "constant",
+                False,
+            )
+            assert YOUR_LORAS[loader["tcd_lora"]] == name
+            assert not [e for e in prompt.values() if e["class_type"].startswith("ModelSampling")]
+            (latent,) = _nodes(prompt, "EmptySD3LatentImage")
+            assert (latent["width"], latent["height"]) == (1024, 1024)
+            if FLOW[name] == "Flux":  # its embedded guidance, no CFG pass
+                (guidance,) = _nodes(prompt, "FluxGuidance")
+                assert guidance["guidance"] == 3.5 and _nodes(prompt, "BasicGuider") and not _nodes(prompt, "CFGGuider")
+            else:
+                (guider,) = _nodes(prompt, "CFGGuider")
+                assert guider["cfg"] == 1.0
+            continue
         assert scheduler["original_inference_steps"] == 50
         assert scheduler["strength"] == (0.5 if name == "tcd_sdxl_img2img" else 1.0), name
         if name == "tcd_hyper_sd_1step":  # Hyper-SD's unified LoRA: TCDScheduler, 1 step (999), eta 1
@@ -424,7 +477,7 @@ def for_test_models(prompt: dict[str, Any], substitutions: dict[str, str], seed:
         for key, value in inputs.items():
             if isinstance(value, str) and value in substitutions:
                 inputs[key] = substitutions[value]
-        if entry["class_type"] in ("EmptyLatentImage", "ImageScale"):
+        if entry["class_type"] in ("EmptyLatentImage", "EmptySD3LatentImage", "ImageScale"):
             inputs["width"] = inputs["height"] = SIZE
         for key in ("seed", "noise_seed"):
             if key in inputs:
@@ -465,3 +518,113 @@ def test_workflow_runs_end_to_end_on_the_test_models(
         assert all(std > 0.5 for std in stats.stddev), (name, path.name, stats.stddev)
         extrema = rgb.getextrema()
         assert all(high > low for low, high in extrema), (name, path.name, extrema)
+
+
+# --- the flow workflows: distil a LoRA, then sample with it, on tiny stand-ins -----------------------------------
+
+FLOW_DATASET = "tcd-flow-workflow-set"
+TEXT_ENCODER_LOADERS = ("DualCLIPLoader", "TripleCLIPLoader")
+# What the test changes in the distillation workflow: a 2-step fp32 run (the server's inference mode) on 2 images.
+TEST_DISTILL = {"steps": 2, "rank": 4, "batch_size": 2, "learning_rate": 0.01, "training_dtype": "fp32"}
+# SD3.5 swaps the loaders of the Flux distillation workflow for its checkpoint, as its note says; it takes true CFG.
+SD35_GUIDANCE = {"guidance_min": 1.0, "guidance_max": 3.0, "embedded_guidance_min": 0.0, "embedded_guidance_max": 0.0}
+
+
+def _repoint(prompt: dict[str, Any], old: list, new: list) -> None:
+    """Every input linked to output ``old`` ([node id, slot]) linked to ``new`` instead."""
+    for entry in prompt.values():
+        for key, value in entry["inputs"].items():
+            if value == old:
+                entry["inputs"][key] = list(new)
+
+
+def flow_stand_ins(prompt: dict[str, Any], family: str, sd15_checkpoint: str, sd3: dict[str, Path]) -> dict[str, Any]:
+    """The prompt with its loaders swapped for tiny random-weight stand-ins of the same family.
+
+    Flux.1-dev -> the test pack's tiny Flux.1-dev (ComfyUI's class; detection sees Flux only at full width), its
+    CLIP-L + T5 -> the SD1.5 test checkpoint's CLIP-L (768 wide, what the tiny Flux takes), ae -> the 16-channel test
+    VAE. SD3.5 -> the tiny SD3.5 single-file checkpoint (ComfyUI detects it) for the model, the text encoders (CLIP-L,
+    padded to SD3's widths) and the VAE."""
+    prompt = copy.deepcopy(prompt)
+    model_id = next(i for i, e in prompt.items() if e["class_type"] in ("UNETLoader", "CheckpointLoaderSimple"))
+    if family == "Flux":
+        prompt[model_id] = {"class_type": "TCDTestTinyFlowModel",
+                            "inputs": {"family": "Flux", "seed": 0, "weight_dtype": "fp32"}}  # fmt: skip
+    else:
+        prompt[model_id] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": sd3["checkpoint"].name}}
+    for node_id, entry in list(prompt.items()):
+        if entry["class_type"] in TEXT_ENCODER_LOADERS and family == "Flux":
+            prompt[node_id] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": sd15_checkpoint}}
+            _repoint(prompt, [node_id, 0], [node_id, 1])
+        elif entry["class_type"] in TEXT_ENCODER_LOADERS:
+            del prompt[node_id]
+            _repoint(prompt, [node_id, 0], [model_id, 1])
+        elif entry["class_type"] == "VAELoader" and family == "Flux":
+            entry["inputs"]["vae_name"] = sd3["vae"].name
+        elif entry["class_type"] == "VAELoader":
+            del prompt[node_id]
+            _repoint(prompt, [node_id, 0], [model_id, 2])
+    return prompt
+
+
+@pytest.fixture(scope="module")
+def flow_server(
+    comfy_server: ComfyServer, tiny_checkpoint: str, tiny_sd3_files: dict[str, Path]
+) -> Iterator[ComfyServer]:
+    """The server with the stand-ins in its model folders and a two-image captioned dataset in its input folder."""
+    models = comfy_server.models_dir
+    for folder, key in (("checkpoints", "checkpoint"), ("vae", "vae")):
+        target = models / folder / tiny_sd3_files[key].name
+        target.parent.mkdir(exist_ok=True)
+        if not target.is_file():
+            shutil.copyfile(tiny_sd3_files[key], target)
+    dataset = comfy_server.input_dir / FLOW_DATASET
+    dataset.mkdir(exist_ok=True)
+    for index, colour in enumerate(((200, 40, 30), (30, 60, 190))):
+        Image.new("RGB", (64, 64), colour).save(dataset / f"{index}.png")
+        (dataset / f"{index}.txt").write_text(f"a paper cut fox {index}")
+    yield comfy_server
+
+
+@pytest.mark.parametrize("name", sorted(FLOW))
+def test_flow_workflows_distil_a_lora_and_sample_with_it_on_tiny_stand_ins(
+    name: str, flow_server: ComfyServer, info: ObjectInfo, tiny_checkpoint: str, tiny_sd3_files: dict[str, Path]
+) -> None:
+    """The distillation workflow trains a LoRA for the family (2 steps), saved by Save LoRA Weights; under the name
+    the sampling workflow loads, that workflow samples with it through the TCD LoRA Loader, TCD Scheduler and TCD
+    Sampler, every LoRA key loaded, and the LoRA changes the image."""
+    server, family = flow_server, FLOW[name]
+    seed = 5100 + NAMES.index(name)
+    distill = flow_stand_ins(to_api(read("tcd_distill_lora_flux"), info), family, tiny_checkpoint, tiny_sd3_files)
+    prefix = f"tcd-e2e-{family.replace('.', '')}-{seed}"
+    for entry in distill.values():
+        inputs = entry["inputs"]
+        if entry["class_type"] == "TrajectoryConsistencyDistillLoRA":
+            inputs.update(TEST_DISTILL, seed=seed, **(SD35_GUIDANCE if family == "SD3.5" else {}))
+        elif entry["class_type"] == "LoadImageTextDataSetFromFolder":
+            inputs["folder"] = FLOW_DATASET
+        elif entry["class_type"] == "SaveLoRA":
+            inputs["prefix"] = f"loras/{prefix}"
+    server.run(distill, timeout=600)
+    (saved,) = (server.output_dir / "loras").glob(f"{prefix}_2_steps_*.safetensors")
+    (lora_name,) = (lora for lora, user in YOUR_LORAS.items() if user == name)
+    installed = server.models_dir / "loras" / lora_name
+    shutil.copyfile(saved, installed)
+    try:
+        prompt = flow_stand_ins(to_api(read(name), info), family, tiny_checkpoint, tiny_sd3_files)
+        prompt = for_test_models(prompt, {}, seed)
+        images = {}
+        for strength in (1.0, 0.0):
+            for entry in prompt.values():
+                if entry["class_type"] == "TrajectoryConsistencyLoraLoader":
+                    entry["inputs"]["tcd_lora_strength"] = strength
+            entry = server.run(prompt, timeout=600)
+            (path,) = server.output_images(entry)
+            with Image.open(path) as image:
+                images[strength] = image.convert("RGB")
+    finally:
+        installed.unlink()
+    assert images[1.0].size == (SIZE, SIZE)
+    assert all(std > 0.5 for std in ImageStat.Stat(images[1.0]).stddev), ImageStat.Stat(images[1.0]).stddev
+    assert images[1.0].tobytes() != images[0.0].tobytes(), "the distilled LoRA does not change the image"
+    assert "lora key not loaded" not in server.log_text()
