@@ -39,16 +39,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PACK_DIR_NAME = "comfyui-tcd-sampling"
 # Model folder names that the extra-model-paths file maps into models_dir/<name>.
-MODEL_FOLDERS = (
-    "checkpoints",
-    "diffusion_models",
-    "loras",
-    "controlnet",
-    "vae",
-    "text_encoders",
-    "clip_vision",
-    "ipadapter",
-)
+MODEL_FOLDERS = ("checkpoints", "diffusion_models", "loras", "controlnet", "vae", "clip_vision", "ipadapter")
 IMPORT_TIMES_HEADER = "Import times for custom nodes:"
 LOG_LEVEL_PREFIX = re.compile(r"^(?:\x1b\[[0-9;]*m)?\[[A-Z]+\](?:\x1b\[[0-9;]*m)? ?")
 
