@@ -66,6 +66,36 @@ def tiny_sd3_files(test_models: dict[str, Path]) -> dict[str, Path]:
     return build_tiny_sd3_files(dev_dir() / "trainer-models", state, test_models["checkpoint_sd15"])
 
 
+# Flux.1-dev as ComfyUI's detection reads it (24 heads of 128, rope axes 16 / 56 / 56: width 3072), one double- and one
+# single-stream block, CLIP-L-wide text input (768) in place of T5's 4096: 0.53 B parameters, 1.1 GB in bf16.
+DETECTABLE_FLUX = {"hidden_size": 3072, "num_heads": 24, "axes_dim": [16, 56, 56], "depth": 1, "depth_single_blocks": 1}
+FLUX_FILE_VERSION = "1"  # bump when what the flux_file fixture writes changes
+
+
+@pytest.fixture(scope="session")
+def flux_file(test_models: dict[str, Path]) -> Path:
+    """A random-weight Flux.1-dev diffusion-model file (models/diffusion_models form, ComfyUI's key names, bf16) that
+    ComfyUI's Load Diffusion Model detects as Flux: the smallest there is (DETECTABLE_FLUX), written once under
+    .dev/trainer-models and reused; its text encoder and VAE are tiny_sd3_files' CLIP-L and 16-channel VAE."""
+    import safetensors.torch
+    import torch
+
+    from devkit.host import dev_dir
+    from devkit.inprocess import load_comfy
+
+    path = dev_dir() / "trainer-models" / f"flux-v{FLUX_FILE_VERSION}" / "tcd-flux1-dev-one-block.safetensors"
+    if not path.is_file():
+        comfy = load_comfy(default_models_dir())
+        model = comfy.tiny_flow_models.tiny_flow_model("Flux", seed=9, unet_overrides=DETECTABLE_FLUX)
+        state = {k: v.to(torch.bfloat16).contiguous() for k, v in model.model.diffusion_model.state_dict().items()}
+        del model
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        safetensors.torch.save_file(state, str(tmp))
+        tmp.replace(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def comfy_server(test_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
     """One ComfyUI server for the whole session, with this pack (and the test-only devkit.fixtures.TEST_PACKS)

@@ -1,13 +1,15 @@
 """tcd-train on a flow model as users have one: a diffusion-model file (models/diffusion_models) with its text
 encoder and VAE as separate files, and the single-file checkpoint (SD3.5's form), both through ComfyUI's own loaders.
 
-The model is a tiny random-weight SD3.5 (MMDiT-X, depth 2: width 128) built with ComfyUI's classes by the test-only
-pack (tests/fixture_packs/tiny_flow_models) with SD3's real text widths (T5's 4096-wide features, a 2048-wide pooled
-vector), the one flow family ComfyUI's detection sees at a tiny size (Flux is detected only at width 3072, Qwen-Image
-and Z-Image at their full sizes), so the files load through ``comfy.sd.load_diffusion_model``, ``load_clip`` (type
-SD3, CLIP-L alone: its features padded to 4096) and ``VAE`` as Load Diffusion Model, CLIPLoader and VAE Loader load
-them (devkit.tiny_checkpoint.build_tiny_sd3_files). The other families' loading is the same code with their own
-text-encoder type, untested here (their files cannot be made small).
+SD3.5: a tiny random-weight MMDiT-X (depth 2: width 128) built with ComfyUI's classes by the test-only pack
+(tests/fixture_packs/tiny_flow_models) with SD3's real text widths (T5's 4096-wide features, a 2048-wide pooled
+vector), which ComfyUI's detection reads as SD3, so the files load through ``comfy.sd.load_diffusion_model``,
+``load_clip`` (type SD3, CLIP-L alone: its features padded to 4096) and ``VAE`` as Load Diffusion Model, CLIPLoader and
+VAE Loader load them (devkit.tiny_checkpoint.build_tiny_sd3_files). Flux.1-dev: detection reads Flux only at its real
+width (24 heads of 128), so the file is the smallest such model (one block of each kind, 0.53 B parameters) with a
+CLIP-L-wide text input, whose width detection takes from the file (tests/conftest.py, ``flux_file``). Qwen-Image and
+Z-Image are not run through the trainer: detection fixes their widths and their text encoders (Qwen2.5-VL 7B, Qwen3
+4B) have fixed sizes, so no small file of them loads; their loading is the same code with their own types.
 """
 
 from __future__ import annotations
@@ -91,6 +93,50 @@ def test_a_diffusion_model_file_with_separate_text_encoder_and_vae_trains_throug
     assert "not loaded" not in caplog.text and len(patches) == len(targets)
     x = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(2))
     conds = {"c_crossattn": torch.randn(1, 77, 4096), "y": torch.randn(1, 2048)}
+
+    def predict(model: object) -> torch.Tensor:
+        comfy.model_management.load_models_gpu([model])
+        with torch.no_grad():
+            return model.model.apply_model(x, torch.tensor([0.7]), **conds)
+
+    before = predict(patcher)
+    patched, _ = comfy.sd.load_lora_for_models(patcher, None, lora, 1.0, 0)
+    assert not torch.equal(predict(patched), before)
+
+
+def test_flux_dev_as_users_have_it_trains_through_tcd_train(
+    comfy: Comfy, flux_file: Path, files: dict[str, Path], shards: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Flux.1-dev's diffusion-model file (ComfyUI detects Flux only at its real width: one double- and one single-stream
+    block of width 3072, tests/conftest.py) with CLIP-L (--text_encoder, type FLUX) and the 16-channel VAE, the
+    embedded guidance drawn in 3..4 and no CFG pass: the LoRA holds the node's Flux layers (double and single blocks),
+    ComfyUI's LoRA loader turns every key into a patch, and it changes the prediction at g = 3.5."""
+    import comfy.lora
+    import comfy.sd
+    from comfyui_tcd_sampling.tcd_comfy.lora_adapters import lora_targets
+    from comfyui_tcd_sampling.tcd_train import engine
+    from comfyui_tcd_sampling.tcd_train.options import build_parser
+    from comfyui_tcd_sampling.tcd_train.train import train
+
+    family = engine.detect_family(str(flux_file))
+    assert (family.name, family.flow, family.diffusion_model_only) == ("Flux", True, True)
+    out = tmp_path / "flux"
+    argv = flow_args(flux_file, shards, out, *separate(files), "--w_min", "0", "--w_max", "0",
+                     "--embedded_guidance_min", "3", "--embedded_guidance_max", "4")  # fmt: skip
+    argv[argv.index("--train_batch_size") + 1], argv[argv.index("--max_train_steps") + 1] = "1", "1"  # 0.5 B weights
+    result = train(build_parser().parse_args(argv))
+    assert result["steps"] == 1 and torch.isfinite(torch.tensor(result["loss"]))
+    lora = load_file(out / "tcd_lora.safetensors")
+    patcher = comfy.sd.load_diffusion_model(str(flux_file))
+    assert type(patcher.model.model_config).__name__ == "Flux"
+    targets = {name for name, _ in lora_targets(patcher.model)}
+    assert {t.split(".")[1] for t in targets} == {"double_blocks", "single_blocks"}
+    assert set(lora) == {f"{t}.{p}" for t in targets for p in ("lora_up.weight", "lora_down.weight", "alpha")}
+    with caplog.at_level("WARNING"):
+        patches = comfy.lora.load_lora(lora, comfy.lora.model_lora_keys_unet(patcher.model, {}), log_missing=True)
+    assert "not loaded" not in caplog.text and len(patches) == len(targets)
+    x = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(2))
+    conds = {"c_crossattn": torch.randn(1, 77, 768), "y": torch.randn(1, 768), "guidance": torch.tensor([3.5])}
 
     def predict(model: object) -> torch.Tensor:
         comfy.model_management.load_models_gpu([model])

@@ -46,8 +46,13 @@ FULL = Plan(
         (("loss", "l2"),),  # the default before Huber (diffusers' --loss_type default)
         (("s_rule", "uniform+zero"), ("s_zero_share", 0.5)),  # trains the jumps to s = 0
         (("rank", 16),),
+        (("learning_rate", 5e-5),),  # half the default: a smaller step than diffusers' (ComfyUI's adapter init)
     ),
-    long_ablations=((("steps", 1200), ("loss", "l2")),),  # 3x the budget, beside the l2 row: closes the 4-step gap?
+    long_ablations=(
+        (("steps", 1200), ("loss", "l2")),  # 3x the budget, beside the l2 row: closes the 4-step gap?
+        (("steps", 1200),),  # the same with the Huber default
+        (("steps", 1200), ("learning_rate", 3e-5)),  # 3x the steps at a third of the lr: drift or under-training?
+    ),
     ablation_teachers=("base",),
     ablation_seeds=(0, 1, 2),
     confirmations=((("loss", "l2"),),),  # Huber against l2 on the small teacher too
