@@ -78,6 +78,18 @@ def api_prompt(workflow_path: Path, object_info: dict, ckpt: str, lora: str, arg
     return prompt
 
 
+def image_at_lora_strength(server: ComfyServer, prompt: dict, strength: float):
+    """The one image ``prompt`` saves, run with its TCD LoRA Loader's ``tcd_lora_strength`` set (changed in place)."""
+    from PIL import Image
+
+    for node in prompt.values():
+        if node["class_type"] == "TrajectoryConsistencyLoraLoader":
+            node["inputs"]["tcd_lora_strength"] = strength
+    (path,) = server.output_images(server.run(prompt, timeout=600))
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
 def rejection_lines(answer: dict) -> list[str]:
     """ComfyUI's validation answer (POST /prompt's error JSON) as one line per refused input, naming the node,
     the input and the option of this command that set it."""

@@ -22,7 +22,7 @@ from PIL import Image
 
 from devkit import node_contract as nc
 from devkit.host import PACK_DIR_NAME, REPO_ROOT, ComfyServer, ComfyServerError, defined_hosts, dev_dir, extra_host
-from devkit.run_workflow import DEFAULT_WORKFLOW, api_prompt
+from devkit.run_workflow import DEFAULT_WORKFLOW, api_prompt, image_at_lora_strength
 
 SIZE, STEPS = 64, 2
 
@@ -78,13 +78,7 @@ def _main_job(server: ComfyServer, test_models: dict[str, Path], lora_strength: 
     prompt = api_prompt(DEFAULT_WORKFLOW, server.object_info(), test_models["checkpoint_sd15"].name, lora, settings)
     kinds = {node["class_type"] for node in prompt.values()}
     assert {f"TrajectoryConsistency{kind}" for kind in ("LoraLoader", "Sampler", "Scheduler")} <= kinds, kinds
-    for node in prompt.values():
-        if node["class_type"] == "TrajectoryConsistencyLoraLoader":
-            node["inputs"]["tcd_lora_strength"] = lora_strength
-    entry = server.run(prompt, timeout=600)
-    (path,) = server.output_images(entry)
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.float32)
+    return np.asarray(image_at_lora_strength(server, prompt, lora_strength), dtype=np.float32)
 
 
 def test_tcd_text_to_image_with_the_tcd_lora_runs(host_server: ComfyServer, test_models: dict[str, Path]) -> None:

@@ -33,6 +33,7 @@ from PIL import Image, ImageDraw, ImageStat
 from devkit.browser import ANIMATEDIFF_OBJECT_INFO_PATH
 from devkit.fixtures import IPADAPTER_OBJECT_INFO_PATH
 from devkit.host import REPO_ROOT, ComfyServer
+from devkit.run_workflow import image_at_lora_strength
 from workflow_tools import ObjectInfo, load_object_info, to_api, validate_workflow
 
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
@@ -614,15 +615,7 @@ def test_flow_workflows_distil_a_lora_and_sample_with_it_on_tiny_stand_ins(
     try:
         prompt = flow_stand_ins(to_api(read(name), info), family, tiny_checkpoint, tiny_sd3_files)
         prompt = for_test_models(prompt, {}, seed)
-        images = {}
-        for strength in (1.0, 0.0):
-            for entry in prompt.values():
-                if entry["class_type"] == "TrajectoryConsistencyLoraLoader":
-                    entry["inputs"]["tcd_lora_strength"] = strength
-            entry = server.run(prompt, timeout=600)
-            (path,) = server.output_images(entry)
-            with Image.open(path) as image:
-                images[strength] = image.convert("RGB")
+        images = {strength: image_at_lora_strength(server, prompt, strength) for strength in (1.0, 0.0)}
     finally:
         installed.unlink()
     assert images[1.0].size == (SIZE, SIZE)
