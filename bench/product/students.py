@@ -103,7 +103,8 @@ def distill(
     inputs = {"model": [teacher], "latents": latents, "positive": positive, "negative": negative}
     inputs.update({name: [value] for name, value in widgets.items()})
     log(
-        f"  distilling {spec.label} seed {spec.seed}: {spec.steps} steps x batch {spec.batch_size}, w {spec.guidance:g}"
+        f"  distilling {spec.label} seed {spec.seed}: {widgets['steps']} steps x batch {widgets['batch_size']}, "
+        f"w {spec.guidance:g}"
     )
     start = time.time()
     with torch.inference_mode():
