@@ -13,7 +13,10 @@ FULL = Plan(
     student_batch=16,
     n_eval=400,
     n_reference=800,
-    ablations=((("loss", "l2"),),),  # the default before Huber (not judged): does Huber win on a flow teacher too?
+    ablations=(
+        (("loss", "l2"),),  # the default before Huber (not judged): does Huber win on a flow teacher too?
+        (("learning_rate", 5e-5),),  # half the lr, as on the eps teachers (not judged)
+    ),
     long_ablations=((("steps", 1200),),),  # three times the budget, first seed only (not judged)
     ablation_teachers=("mmdit",),
     ablation_seeds=(0, 1, 2),
