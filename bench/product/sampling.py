@@ -58,6 +58,8 @@ class SamplerConfig:
 TEACHER_SAMPLERS = (
     SamplerConfig("ddim (ddim_uniform)", "ksampler", "ddim", "ddim_uniform"),
     SamplerConfig("euler (normal)", "ksampler", "euler", "normal"),
+    # DDIM on TCD's own timesteps (999, 759, 499, 259 at 4 steps): the TCD Sampler at gamma 0 is DDIM's step
+    SamplerConfig("ddim (tcd schedule)", "tcd", gamma=0.0),
 )
 TCD_SAMPLERS = tuple(SamplerConfig(f"tcd gamma {g:g}", "tcd", gamma=g) for g in (0.0, 0.3, 0.5))
 LCM_SAMPLERS = (

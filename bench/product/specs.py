@@ -55,7 +55,12 @@ FULL = Plan(
     ),
     ablation_teachers=("base",),
     ablation_seeds=(0, 1, 2),
-    confirmations=((("loss", "l2"),),),  # Huber against l2 on the small teacher too
+    confirmations=(  # the base teacher's ablations that kept a default, on the small teacher too
+        (("loss", "l2"),),
+        (("ema_decay", 0.0),),
+        (("s_rule", "uniform+zero"), ("s_zero_share", 0.5)),
+        (("rank", 16),),
+    ),
 )
 QUICK = Plan(
     teachers=(TeacherSpec("quick", model_channels=32, iterations=150),),
