@@ -76,8 +76,10 @@ class TrainSettings:
     refused on construction when out of bounds, naming the field."""
 
     batch_size: int = setting(
-        1, "Images per training batch (at most the dataset size).", low=1, high=10000, flag="--train_batch_size"
-    )
+        1, "Images per training batch (at most the dataset size).", low=1, high=10000, flag="--train_batch_size",
+        cli_tooltip="Images per process per micro-step; a step takes processes x this x --gradient_accumulation_steps "
+        "(images repeat, each copy with its own noise, when the data holds fewer).",
+    )  # fmt: skip
     grad_accumulation_steps: int = setting(
         1, "Batches whose gradients add up to one optimizer step.", low=1, high=1024,
         flag="--gradient_accumulation_steps",

@@ -25,7 +25,8 @@ class Setting:
     ``low`` / ``high``: inclusive bounds of a number; ``choices``: the allowed strings; ``step``: the
     UI's increment for a float; ``flag``: the trainer's option name where it is not ``--<field>``
     (diffusers' script names, e.g. ``--w_min``); ``node`` / ``cli``: False for fields the node / the
-    trainer does not offer; ``optional``: None is accepted too (the value was not given).
+    trainer does not offer; ``optional``: None is accepted too (the value was not given); ``cli_tooltip``: the
+    trainer's help where the field means more there than in the node (e.g. a batch per process).
     """
 
     tooltip: str
@@ -38,10 +39,16 @@ class Setting:
     node: bool = True
     cli: bool = True
     optional: bool = False
+    cli_tooltip: str | None = None
 
     def option(self, name: str) -> str:
         """The trainer's option name of the field ``name``."""
         return self.flag or f"--{name}"
+
+    @property
+    def cli_help(self) -> str:
+        """The trainer's help text: ``cli_tooltip``, else the node's tooltip."""
+        return self.cli_tooltip or self.tooltip
 
     def refusal(self, value: object) -> str | None:
         """Why ``value`` is refused (the message without the field's name), or None when it is accepted."""

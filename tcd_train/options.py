@@ -51,12 +51,12 @@ def _add_settings(group: Any, cls: type) -> None:
         if not spec.cli:
             continue
         if spec.choices is not None:
-            group.add_argument(spec.option(name), dest=name, choices=spec.choices, default=default, help=spec.tooltip)
+            group.add_argument(spec.option(name), dest=name, choices=spec.choices, default=default, help=spec.cli_help)
         elif spec.kind is bool:
             group.add_argument(spec.option(name), dest=name, action=argparse.BooleanOptionalAction, default=default,
-                               help=spec.tooltip)  # fmt: skip
+                               help=spec.cli_help)  # fmt: skip
         else:
-            group.add_argument(spec.option(name), dest=name, type=spec.kind, default=default, help=spec.tooltip)
+            group.add_argument(spec.option(name), dest=name, type=spec.kind, default=default, help=spec.cli_help)
 
 
 def settings_from(args: argparse.Namespace, cls: type, **fixed: Any) -> Any:

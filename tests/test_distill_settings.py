@@ -17,7 +17,7 @@ import pytest
 from comfyui_tcd_sampling.tcd_core.distill import DistillConfig
 from comfyui_tcd_sampling.tcd_core.distiller import TrainSettings
 from comfyui_tcd_sampling.tcd_core.errors import TCDInputError
-from comfyui_tcd_sampling.tcd_core.settings import Setting, settings_of
+from comfyui_tcd_sampling.tcd_core.settings import Setting, setting_of, settings_of
 from comfyui_tcd_sampling.tcd_train.options import TrainerError, build_parser, check_options
 
 from devkit.inprocess import load_comfy
@@ -188,6 +188,19 @@ def test_defaults_bounds_and_help_come_from_the_settings(trainer_accepts: Any) -
                 assert getattr(args, name) == default, name
     help_text = build_parser().format_help()
     assert "(default: 0.95)" in help_text and "--w_min" in help_text and "--lora_rank" in help_text
+
+
+def test_the_trainers_help_is_the_tooltip_unless_the_option_means_more_there() -> None:
+    """--train_batch_size is per process and repeats images when the data holds fewer: its help says so, where the
+    node's tooltip bounds it by the dataset; every other option's help is the node's tooltip."""
+    actions = {action.dest: action for action in build_parser()._actions}
+    for cls in (DistillConfig, TrainSettings):
+        for name, (spec, _) in settings_of(cls).items():
+            if spec.cli:
+                assert actions[name].help == (spec.cli_tooltip or spec.tooltip), name
+    batch = setting_of(TrainSettings, "batch_size")
+    assert "dataset size" in batch.tooltip and "per process" in actions["batch_size"].help
+    assert "dataset size" not in actions["batch_size"].help
 
 
 def test_every_setting_field_has_a_tooltip_and_sane_bounds() -> None:
