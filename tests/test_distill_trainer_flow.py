@@ -15,6 +15,7 @@ Z-Image are not run through the trainer: detection fixes their widths and their 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -54,6 +55,36 @@ def separate(files: dict[str, Path]) -> list[str]:
     return ["--text_encoder", str(files["clip_l"]), "--vae", str(files["vae"])]
 
 
+def loads_whole_and_changes_the_prediction(
+    lora: dict[str, torch.Tensor], patcher: Any, conds: dict[str, torch.Tensor], caplog: pytest.LogCaptureFixture
+) -> set[str]:
+    """Assert that a trained ``lora`` holds exactly the node's layers of the loaded ``patcher`` (up, down, alpha each),
+    that ComfyUI's LoRA loader turns every key into a patch, and that it changes the prediction on 16-channel 8x8
+    latents at sigma 0.7 with ``conds``; returns the layers."""
+    import comfy.lora
+    import comfy.model_management
+    import comfy.sd
+    from comfyui_tcd_sampling.tcd_comfy.lora_adapters import lora_targets
+
+    targets = {name for name, _ in lora_targets(patcher.model)}
+    assert targets
+    assert set(lora) == {f"{t}.{p}" for t in targets for p in ("lora_up.weight", "lora_down.weight", "alpha")}
+    with caplog.at_level("WARNING"):
+        patches = comfy.lora.load_lora(lora, comfy.lora.model_lora_keys_unet(patcher.model, {}), log_missing=True)
+    assert "not loaded" not in caplog.text and len(patches) == len(targets)
+    x = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(2))
+
+    def predict(model: Any) -> torch.Tensor:
+        comfy.model_management.load_models_gpu([model])
+        with torch.no_grad():
+            return model.model.apply_model(x, torch.tensor([0.7]), **conds)
+
+    before = predict(patcher)
+    patched, _ = comfy.sd.load_lora_for_models(patcher, None, lora, 1.0, 0)
+    assert not torch.equal(predict(patched), before)
+    return targets
+
+
 def test_files_are_what_comfyuis_loaders_take_as_sd3(comfy: Comfy, files: dict[str, Path]) -> None:
     import comfy.sd
     from comfyui_tcd_sampling.tcd_train import engine
@@ -76,32 +107,15 @@ def test_a_diffusion_model_file_with_separate_text_encoder_and_vae_trains_throug
 ) -> None:
     """The command (a fresh process) on the diffusion-model file, --text_encoder and --vae: the LoRA holds the node's
     SD3 layers, ComfyUI's LoRA loader turns every key into a patch, and it changes the prediction."""
-    import comfy.lora
     import comfy.sd
-    from comfyui_tcd_sampling.tcd_comfy.lora_adapters import lora_targets
 
     out = tmp_path / "separate"
     code, output = finish(launch(flow_args(files["diffusion_model"], shards, out, *separate(files))))
     assert code == 0, output[-6000:]
-    lora = load_file(out / "tcd_lora.safetensors")
     patcher = comfy.sd.load_diffusion_model(str(files["diffusion_model"]))
-    targets = {name for name, _ in lora_targets(patcher.model)}
-    assert targets and all(".joint_blocks." in name for name in targets)
-    assert set(lora) == {f"{t}.{p}" for t in targets for p in ("lora_up.weight", "lora_down.weight", "alpha")}
-    with caplog.at_level("WARNING"):
-        patches = comfy.lora.load_lora(lora, comfy.lora.model_lora_keys_unet(patcher.model, {}), log_missing=True)
-    assert "not loaded" not in caplog.text and len(patches) == len(targets)
-    x = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(2))
     conds = {"c_crossattn": torch.randn(1, 77, 4096), "y": torch.randn(1, 2048)}
-
-    def predict(model: object) -> torch.Tensor:
-        comfy.model_management.load_models_gpu([model])
-        with torch.no_grad():
-            return model.model.apply_model(x, torch.tensor([0.7]), **conds)
-
-    before = predict(patcher)
-    patched, _ = comfy.sd.load_lora_for_models(patcher, None, lora, 1.0, 0)
-    assert not torch.equal(predict(patched), before)
+    targets = loads_whole_and_changes_the_prediction(load_file(out / "tcd_lora.safetensors"), patcher, conds, caplog)
+    assert all(".joint_blocks." in name for name in targets)
 
 
 def test_flux_dev_as_users_have_it_trains_through_tcd_train(
@@ -111,9 +125,7 @@ def test_flux_dev_as_users_have_it_trains_through_tcd_train(
     block of width 3072, tests/conftest.py) with CLIP-L (--text_encoder, type FLUX) and the 16-channel VAE, the
     embedded guidance drawn in 3..4 and no CFG pass: the LoRA holds the node's Flux layers (double and single blocks),
     ComfyUI's LoRA loader turns every key into a patch, and it changes the prediction at g = 3.5."""
-    import comfy.lora
     import comfy.sd
-    from comfyui_tcd_sampling.tcd_comfy.lora_adapters import lora_targets
     from comfyui_tcd_sampling.tcd_train import engine
     from comfyui_tcd_sampling.tcd_train.options import build_parser
     from comfyui_tcd_sampling.tcd_train.train import train
@@ -126,26 +138,11 @@ def test_flux_dev_as_users_have_it_trains_through_tcd_train(
     argv[argv.index("--train_batch_size") + 1], argv[argv.index("--max_train_steps") + 1] = "1", "1"  # 0.5 B weights
     result = train(build_parser().parse_args(argv))
     assert result["steps"] == 1 and torch.isfinite(torch.tensor(result["loss"]))
-    lora = load_file(out / "tcd_lora.safetensors")
     patcher = comfy.sd.load_diffusion_model(str(flux_file))
     assert type(patcher.model.model_config).__name__ == "Flux"
-    targets = {name for name, _ in lora_targets(patcher.model)}
-    assert {t.split(".")[1] for t in targets} == {"double_blocks", "single_blocks"}
-    assert set(lora) == {f"{t}.{p}" for t in targets for p in ("lora_up.weight", "lora_down.weight", "alpha")}
-    with caplog.at_level("WARNING"):
-        patches = comfy.lora.load_lora(lora, comfy.lora.model_lora_keys_unet(patcher.model, {}), log_missing=True)
-    assert "not loaded" not in caplog.text and len(patches) == len(targets)
-    x = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(2))
     conds = {"c_crossattn": torch.randn(1, 77, 768), "y": torch.randn(1, 768), "guidance": torch.tensor([3.5])}
-
-    def predict(model: object) -> torch.Tensor:
-        comfy.model_management.load_models_gpu([model])
-        with torch.no_grad():
-            return model.model.apply_model(x, torch.tensor([0.7]), **conds)
-
-    before = predict(patcher)
-    patched, _ = comfy.sd.load_lora_for_models(patcher, None, lora, 1.0, 0)
-    assert not torch.equal(predict(patched), before)
+    targets = loads_whole_and_changes_the_prediction(load_file(out / "tcd_lora.safetensors"), patcher, conds, caplog)
+    assert {t.split(".")[1] for t in targets} == {"double_blocks", "single_blocks"}
 
 
 def test_the_single_file_checkpoint_trains_the_lora_of_the_separate_files(
