@@ -210,18 +210,7 @@ def _nodes(prompt: dict[str, Any], class_type: str) -> list[dict[str, Any]]:
     return [entry["inputs"] for entry in prompt.values() if entry["class_type"] == class_type]
 
 
-def _defaults(live_info: dict[str, Any], node_type: str) -> dict[str, Any]:
-    """Each input's default in the live server's /object_info."""
-    inputs = live_info[node_type]["input"]
-    return {
-        name: spec[1].get("default")
-        for section in ("required", "optional")
-        for name, spec in inputs.get(section, {}).items()
-        if len(spec) > 1 and isinstance(spec[1], dict)
-    }
-
-
-def test_workflows_carry_the_published_settings(info: ObjectInfo, live_info: dict[str, Any]) -> None:
+def test_workflows_carry_the_published_settings(info: ObjectInfo) -> None:
     prompts = {name: to_api(read(name), info) for name in NAMES}
     for name, prompt in prompts.items():
         if name in TRAINING:
@@ -231,11 +220,11 @@ def test_workflows_carry_the_published_settings(info: ObjectInfo, live_info: dic
             assert save["lora"][1] == 1 and save["steps"][1] == 3 and graph["loss"][1] == 2  # lora, steps, loss_map
             assert distill["latents"][0] == distill["positive"][0]  # images and captions of one dataset
             assert not _nodes(prompt, "TrajectoryConsistencySampler")
-            defaults = _defaults(live_info, "TrajectoryConsistencyDistillLoRA")
+            schema = info.get("TrajectoryConsistencyDistillLoRA")
             changed = {
-                key: value
-                for key, value in distill.items()
-                if not isinstance(value, list) and value != defaults.get(key)
+                spec.name: distill[spec.name]
+                for spec in schema.widget_inputs
+                if distill[spec.name] != spec.options.get("default")
             }
             if name == "tcd_distill_lora_flux":  # Flux.1-dev: no CFG pass, FluxGuidance 3.0..4.0 drawn per sample
                 assert changed == {"guidance_min": 0.0, "guidance_max": 0.0, "embedded_guidance_min": 3.0,
