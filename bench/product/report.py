@@ -56,6 +56,16 @@ def teachers_table(result: dict) -> list[str]:
     return lines
 
 
+def timings(result: dict) -> list[str]:
+    """One line per student: training time, node steps, the loss at the start and the end, the LoRA's size."""
+    return [
+        f"- student {s['teacher']} {s.get('label', s['method'])} seed {s['seed']}: {s['seconds']:.0f} s "
+        f"({len(s['loss'])} node steps), loss first 20 mean {sum(s['loss'][:20]) / 20:.5f}, "
+        f"last 20 mean {sum(s['loss'][-20:]) / 20:.5f}, LoRA size ||dW|| / ||W|| {s['update']:.4f}"
+        for s in result["students"]
+    ]
+
+
 def write_outputs(result: dict, out_dir: Path, prefix: str, command: str, markdown: Any) -> Path:
     """``<prefix>_results.json``, the loss plot (when there are students) and ``<prefix>_results.md`` (made by
     ``markdown(result, command, plot_name)``) in ``out_dir``; returns the report's path."""
@@ -169,10 +179,5 @@ def markdown(result: dict, command: str, plot_name: str) -> str:
         "## Timings",
         "",
     ]
-    for s in result["students"]:
-        lines.append(
-            f"- student {s['teacher']} {s.get('label', s['method'])} seed {s['seed']}: {s['seconds']:.0f} s "
-            f"({len(s['loss'])} node steps), loss first 20 mean {sum(s['loss'][:20]) / 20:.5f}, "
-            f"last 20 mean {sum(s['loss'][-20:]) / 20:.5f}, LoRA size ||dW|| / ||W|| {s['update']:.4f}"
-        )
+    lines += timings(result)
     return "\n".join(lines) + "\n"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.product.report import cell_text, sensitivity, table, teachers_table
+from bench.product.report import cell_text, sensitivity, table, teachers_table, timings
 from bench.product.targets import cells
 
 from .sampling import EULER, FLOW_SAMPLERS
@@ -78,10 +78,5 @@ def markdown(result: dict, command: str, plot_name: str | None) -> str:
     if plot_name:
         lines += ["", "## Loss curves", "", f"![loss curves]({plot_name})"]
     lines += ["", "## Timings", ""]
-    for s in result["students"]:
-        lines.append(
-            f"- student {s['teacher']} {s.get('label', s['method'])} seed {s['seed']}: {s['seconds']:.0f} s "
-            f"({len(s['loss'])} node steps), loss first 20 mean {sum(s['loss'][:20]) / 20:.5f}, "
-            f"last 20 mean {sum(s['loss'][-20:]) / 20:.5f}, LoRA size ||dW|| / ||W|| {s['update']:.4f}"
-        )
+    lines += timings(result)
     return "\n".join(lines) + "\n"
