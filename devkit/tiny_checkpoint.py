@@ -27,9 +27,20 @@ TINY_SEED = 1502
 NAME = "tcd-tiny-sd15.safetensors"
 
 
+def save_model_file(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> Path:
+    """Write ``tensors`` to ``path`` (a .safetensors file) through a temporary file, so that an interrupted build
+    never leaves a file the next run takes as finished; returns ``path``."""
+    import comfy.utils
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    comfy.utils.save_torch_file(tensors, str(tmp), metadata=metadata)
+    tmp.replace(path)
+    return path
+
+
 def build_tiny_sd15_checkpoint(out_dir: Path | str, source_checkpoint: Path | str | None = None) -> Path:
     """Write ``out_dir/checkpoints/tcd-tiny-sd15.safetensors`` (once; reused when present)."""
-    import comfy.utils
     import torch
     from safetensors import safe_open
 
@@ -49,11 +60,7 @@ def build_tiny_sd15_checkpoint(out_dir: Path | str, source_checkpoint: Path | st
             if key.startswith(("cond_stage_model.", "first_stage_model.")):
                 tensors[key] = f.get_tensor(key)
     tensors = {k: (v.to(torch.float16) if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    comfy.utils.save_torch_file(tensors, str(tmp), metadata={"modelspec.architecture": "stable-diffusion-v1"})
-    tmp.replace(path)
-    return path
+    return save_model_file(tensors, path, metadata={"modelspec.architecture": "stable-diffusion-v1"})
 
 
 UNET_NAME = "tcd-tiny-sd15-unet.safetensors"
@@ -71,11 +78,7 @@ def build_tiny_sd15_unet(out_dir: Path | str, source_checkpoint: Path | str | No
     prefix = "model.diffusion_model."
     tensors = comfy.utils.load_torch_file(str(build_tiny_sd15_checkpoint(out_dir, source_checkpoint)))
     unet = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    comfy.utils.save_torch_file(unet, str(tmp))
-    tmp.replace(path)
-    return path
+    return save_model_file(unet, path)
 
 
 SD3_FILES_VERSION = "1"  # bump when what build_tiny_sd3_files writes changes
@@ -92,7 +95,6 @@ def build_tiny_sd3_files(
 
     ComfyUI detects an MMDiT of width 64 x depth from its shapes, so its loaders read these files as SD3; with CLIP-L
     alone its SD3 text encoder pads the features to T5's 4096 and the pooled output to 2048 with zeros."""
-    import comfy.utils
     import torch
     from safetensors import safe_open
 
@@ -126,9 +128,6 @@ def build_tiny_sd3_files(
     checkpoint = {f"model.diffusion_model.{k}": v for k, v in half["diffusion_model"].items()}
     checkpoint |= {f"text_encoders.clip_l.transformer.{k}": v for k, v in half["clip_l"].items()}
     checkpoint |= {f"first_stage_model.{k}": v for k, v in half["vae"].items()}
-    folder.mkdir(parents=True, exist_ok=True)
     for name, tensors in (*half.items(), ("checkpoint", checkpoint)):
-        tmp = paths[name].with_name(paths[name].name + ".tmp")
-        comfy.utils.save_torch_file(tensors, str(tmp))
-        tmp.replace(paths[name])
+        save_model_file(tensors, paths[name])
     return paths

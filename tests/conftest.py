@@ -77,11 +77,11 @@ def flux_file(test_models: dict[str, Path]) -> Path:
     """A random-weight Flux.1-dev diffusion-model file (models/diffusion_models form, ComfyUI's key names, bf16) that
     ComfyUI's Load Diffusion Model detects as Flux: the smallest there is (DETECTABLE_FLUX), written once under
     .dev/trainer-models and reused; its text encoder and VAE are tiny_sd3_files' CLIP-L and 16-channel VAE."""
-    import safetensors.torch
     import torch
 
     from devkit.host import dev_dir
     from devkit.inprocess import load_comfy
+    from devkit.tiny_checkpoint import save_model_file
 
     path = dev_dir() / "trainer-models" / f"flux-v{FLUX_FILE_VERSION}" / "tcd-flux1-dev-one-block.safetensors"
     if not path.is_file():
@@ -89,10 +89,7 @@ def flux_file(test_models: dict[str, Path]) -> Path:
         model = comfy.tiny_flow_models.tiny_flow_model("Flux", seed=9, unet_overrides=DETECTABLE_FLUX)
         state = {k: v.to(torch.bfloat16).contiguous() for k, v in model.model.diffusion_model.state_dict().items()}
         del model
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        safetensors.torch.save_file(state, str(tmp))
-        tmp.replace(path)
+        save_model_file(state, path)
     return path
 
 
